@@ -1,0 +1,49 @@
+# make run  - install everything the project needs, then run the whole pipeline
+# make test - install everything, then run the test suite
+# Both create (or reuse) the virtual environment .venv/ in the repo.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+DATASET_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# DVC runs `python stages/...`: it must be the venv's python.
+export PATH := $(BIN):$(PATH)
+# visdom 0.2.4 builds only with setuptools<81, also inside pip's build env.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# Telemetry cannot reach its server offline; don't try.
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test system clean
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+# Debian packages: Fashion-MNIST (a local mirror the download stage tries
+# first, no network needed) and venv support. Skipped where present or where
+# there is no apt-get (the download stage then tries the official URLs).
+system:
+	@need=""; \
+	[ -d $(DATASET_DIR) ] || need="$$need dataset-fashion-mnist"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || need="$$need python3-venv"; \
+	git --version >/dev/null 2>&1 || need="$$need git"; \
+	if [ -n "$$need" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$need"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$need; \
+	  else echo "warning: no apt-get; not installing$$need" >&2; fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt | system
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV)
