@@ -1,0 +1,1 @@
+"""foldwise: a reproducible image-classification pipeline."""

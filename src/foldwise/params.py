@@ -1,0 +1,225 @@
+"""Typed, validated view of params.yaml.
+
+Every key the pipeline reads is declared once in ``FIELDS`` with its type and
+allowed values. Reading a file with an unknown key, a wrong type or a value
+outside the allowed set fails with a message that names the key and says what
+would be valid, before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """All hyperparameters of one run. Units are in the field comments."""
+
+    # data
+    dataset: str = "fashion-mnist"
+    valid_size: float = 10000  # int = images, float in (0, 1) = fraction of train
+    max_images_per_split: int = 0  # 0 = all; >0 = stratified subset per split
+    seed: int = 42
+    # model
+    model: str = "lenet"
+    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)
+    batchnorm: bool = True
+    dropout: float = 0.0  # probability in [0, 1)
+    init: str = "kaiming"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 0.008  # peak learning rate per batch
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l1: float = 0.0  # lambda of sum(|w|) added to the loss
+    scheduler: str = "onecycle"
+    step_size: int = 30  # epochs between StepLR decays
+    gamma: float = 0.1  # StepLR / plateau decay factor
+    plateau_patience: int = 2  # epochs without valid-loss improvement
+    batch_size: int = 256
+    epochs: int = 6
+    # cross-validation and final model
+    k_folds: int = 5
+    variants: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: {"baseline": {}}
+    )
+    variant: str = "auto"
+
+    def for_variant(self, name: str) -> "Params":
+        """These params with the named variant's overrides applied."""
+        if name not in self.variants:
+            raise ParamsError(
+                f"variant {name!r} is not defined; valid names: "
+                f"{', '.join(self.variants)} (section 'variants' of params.yaml)"
+            )
+        return dataclasses.replace(self, **dict(self.variants[name]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy for JSON provenance records."""
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        out["variants"] = {k: dict(v) for k, v in self.variants.items()}
+        return out
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "init": ("kaiming", "normal", "default"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "scheduler": ("none", "step", "plateau", "cosine", "onecycle"),
+}
+# Keys a variant may override: everything that shapes one training run, not
+# the data or the CV protocol (a variant that changed the folds would not be
+# comparable with the others).
+VARIANT_KEYS = (
+    "model", "hidden_sizes", "batchnorm", "dropout", "init", "optimizer", "lr",
+    "momentum", "nesterov", "weight_decay", "l1", "scheduler", "step_size",
+    "gamma", "plateau_patience", "batch_size", "epochs",
+)
+FIELDS = {f.name: f for f in dataclasses.fields(Params)}
+
+# YAML 1.1 (PyYAML) reads 1e-4 as a string; DVC (YAML 1.2) reads it as a
+# float. Resolve floats the YAML 1.2 way so both agree.
+_FLOAT = re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    """Return ``value`` as the declared type of ``key`` or raise naming it."""
+    kind = FIELDS[key].type  # a string: annotations are postponed
+    if key == "hidden_sizes":
+        ok = isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        )
+        if not ok:
+            raise ParamsError(f"{where}{key}: expected a list of positive integers, got {value!r}")
+        return tuple(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}{key}: expected true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}{key}: expected an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}{key}: expected a number, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}{key}: expected a string, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ParamsError(f"{where}{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+        return value
+    raise ParamsError(f"{where}{key}: unsupported value {value!r}")
+
+
+def _check_ranges(p: Params, where: str = "") -> None:
+    def bad(key: str, rule: str) -> ParamsError:
+        return ParamsError(f"{where}{key}: {getattr(p, key)!r} is invalid; {rule}")
+
+    if not (0 <= p.dropout < 1):
+        raise bad("dropout", "expected a probability in [0, 1)")
+    for key in ("lr", "batch_size", "epochs", "step_size"):
+        if getattr(p, key) <= 0:
+            raise bad(key, "expected a positive value")
+    for key in ("weight_decay", "l1", "momentum", "max_images_per_split", "plateau_patience"):
+        if getattr(p, key) < 0:
+            raise bad(key, "expected zero or a positive value")
+    if not (0 < p.gamma <= 1):
+        raise bad("gamma", "expected a factor in (0, 1]")
+    vs = p.valid_size
+    if isinstance(vs, float) and not (0 < vs < 1):
+        raise bad("valid_size", "a float must be a fraction in (0, 1); use an integer for a count")
+    if isinstance(vs, int) and vs < 1:
+        raise bad("valid_size", "an integer must be a count of images >= 1")
+    if p.k_folds < 2:
+        raise bad("k_folds", "cross-validation needs at least 2 folds")
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a mapping read from params.yaml and return typed ``Params``."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    valid = list(FIELDS)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            raise ParamsError(
+                f"{source}: unknown key {key!r}{_suggest(str(key), valid)}; "
+                f"valid keys: {', '.join(valid)}"
+            )
+        if key != "variants":
+            values[key] = _check(key, value, f"{source}: ")
+    variants = raw.get("variants", {"baseline": {}})
+    if not isinstance(variants, dict) or not variants:
+        raise ParamsError(f"{source}: variants: expected a non-empty mapping of name -> overrides")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, overrides in variants.items():
+        where = f"{source}: variants.{name}."
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"{where[:-1]}: expected a mapping of overrides, got {overrides!r}")
+        for key in overrides:
+            if key not in VARIANT_KEYS:
+                raise ParamsError(
+                    f"{where}{key}: a variant cannot set this key{_suggest(str(key), list(VARIANT_KEYS))}; "
+                    f"valid keys: {', '.join(VARIANT_KEYS)}"
+                )
+        checked[str(name)] = {k: _check(k, v, where) for k, v in overrides.items()}
+    values["variants"] = checked
+    params = Params(**values)
+    _check_ranges(params, f"{source}: ")
+    for name in checked:
+        _check_ranges(params.for_variant(name), f"{source}: variants.{name}: ")
+    if params.variant != "auto" and params.variant not in checked:
+        raise ParamsError(
+            f"{source}: variant: {params.variant!r} is not defined; "
+            f"valid: auto, {', '.join(checked)}"
+        )
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ``ParamsError`` naming any bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foldwise.params import FIELDS, Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_project_params_yaml_is_valid_and_sets_every_key():
+    params = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw) == set(FIELDS), "params.yaml should document every key"
+    assert {"baseline", "l2", "dropout"} <= set(params.variants)
+    assert isinstance(params.lr, float)
+
+
+def test_every_key_is_tracked_by_some_dvc_stage():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    tracked = {key for stage in stages.values() for key in stage.get("params", [])}
+    assert set(FIELDS) - tracked == set(), "a key no stage tracks would not re-run anything when changed"
+
+
+def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
+    params = load_params(write(tmp_path, "lr: 1e-4\nweight_decay: 5E-4\n"))
+    assert params.lr == pytest.approx(1e-4)
+    assert params.weight_decay == pytest.approx(5e-4)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(ParamsError, match=r"unknown key 'learning_rate'.*valid keys: .*\blr\b"):
+        load_params(write(tmp_path, "learning_rate: 0.1\n"))
+    with pytest.raises(ParamsError, match=r"'epoch'.*did you mean 'epochs'"):
+        load_params(write(tmp_path, "epoch: 3\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: fast\n", r"lr: expected a number, got 'fast'"),
+    ("epochs: 2.5\n", r"epochs: expected an integer"),
+    ("batchnorm: 1\n", r"batchnorm: expected true or false"),
+    ("optimizer: rmsprop\n", r"optimizer: 'rmsprop' is not one of sgd, adam, adamw"),
+    ("dropout: 1.5\n", r"dropout: 1.5 is invalid; expected a probability"),
+    ("valid_size: 1.5\n", r"valid_size: .*fraction in \(0, 1\)"),
+    ("k_folds: 1\n", r"k_folds: .*at least 2 folds"),
+    ("hidden_sizes: [10, -1]\n", r"hidden_sizes: expected a list of positive integers"),
+    ("variants: {fancy: {dataset: mnist}}\n", r"variants.fancy.dataset: a variant cannot set this key"),
+    ("variants: {heavy: {weight_decay: x}}\n", r"variants.heavy.weight_decay: expected a number"),
+    ("variants: {big: {dropout: 0.9999, lr: -1}}\n", r"variants.big: lr: -1 is invalid"),
+    ("variant: l3\n", r"variant: 'l3' is not defined; valid: auto, baseline"),
+    ("- just\n- a list\n", r"expected a mapping"),
+])
+def test_bad_values_are_named(tmp_path, text, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(write(tmp_path, "lr: [1\n"))
+
+
+def test_variant_overrides_apply_only_their_keys():
+    params = parse_params({"variants": {"baseline": {}, "l2": {"weight_decay": 0.01}}})
+    l2 = params.for_variant("l2")
+    assert l2.weight_decay == 0.01 and l2.lr == params.lr
+    assert params.for_variant("baseline") == params
+    with pytest.raises(ParamsError, match="valid names: baseline, l2"):
+        params.for_variant("dropout")
+
+
+def test_to_dict_round_trips_through_validation():
+    params = Params()
+    assert parse_params(params.to_dict()) == params
