@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from foldwise.datasets import SOURCES, get_source, read_idx, read_idx_pair
+from tests.conftest import make_images, write_idx
+
+
+def test_read_idx_round_trips(tmp_path):
+    images, labels = make_images(7, size=5)
+    write_idx(tmp_path / "a-images-idx3-ubyte.gz", images[..., 0])
+    write_idx(tmp_path / "a-labels-idx1-ubyte.gz", labels)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a-images-idx3-ubyte.gz"), images[..., 0])
+    splits = read_idx_pair(tmp_path, {"train": "a"})
+    assert splits["train"][0].shape == (7, 5, 5, 1)
+    np.testing.assert_array_equal(splits["train"][1], labels)
+
+
+def test_read_idx_rejects_bad_magic_and_truncation(tmp_path):
+    (tmp_path / "x.idx").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(ValueError, match="bad magic"):
+        read_idx(tmp_path / "x.idx")
+    (tmp_path / "y.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02")
+    with pytest.raises(ValueError, match="promises 5 bytes"):
+        read_idx(tmp_path / "y.idx")
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(KeyError, match="unknown dataset 'imagenet'.*valid: fashion-mnist"):
+        get_source("imagenet")
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_source_is_complete(name):
+    source = SOURCES[name]
+    assert source.files and all(len(md5) == 32 for md5 in source.files.values())
+    assert source.mirrors and source.install_hint
+    assert len(set(source.classes)) == len(source.classes) >= 2

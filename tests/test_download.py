@@ -1,0 +1,80 @@
+import functools
+import gzip
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from foldwise.datasets import Source
+from foldwise.download import DownloadError, content_md5, download
+
+
+def make_source(tmp_path: Path, mirrors: tuple[str, ...]) -> tuple[Source, bytes]:
+    payload = b"foldwise test payload" * 100
+    return Source(files={"data.bin.gz": hashlib.md5(payload).hexdigest()}, mirrors=mirrors,
+                  classes=("a", "b"), read=lambda p: {}, install_hint="install the test files"), payload
+
+
+def gz(path: Path, payload: bytes, level: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload, compresslevel=level))
+
+
+def test_content_md5_is_the_same_for_different_compressions(tmp_path):
+    gz(tmp_path / "a.gz", b"x" * 1000, 1)
+    gz(tmp_path / "b.gz", b"x" * 1000, 9)
+    assert (tmp_path / "a.gz").read_bytes() != (tmp_path / "b.gz").read_bytes()
+    assert content_md5(tmp_path / "a.gz") == content_md5(tmp_path / "b.gz") == hashlib.md5(b"x" * 1000).hexdigest()
+
+
+def test_bad_mirror_falls_through_to_a_good_one(tmp_path):
+    source, payload = make_source(tmp_path, (str(tmp_path / "bad"), str(tmp_path / "good")))
+    gz(tmp_path / "bad" / "data.bin.gz", b"corrupted", 6)
+    gz(tmp_path / "good" / "data.bin.gz", payload, 9)
+    used = download(source, tmp_path / "out")
+    assert used == {"data.bin.gz": str(tmp_path / "good")}
+    assert gzip.decompress((tmp_path / "out" / "data.bin.gz").read_bytes()) == payload
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.bin.gz"]  # no .part left
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_downloads_over_http_when_local_mirror_missing(tmp_path, http_mirror):
+    root, url = http_mirror
+    source, payload = make_source(tmp_path, (str(tmp_path / "missing"), url))
+    gz(root / "data.bin.gz", payload, 5)
+    assert download(source, tmp_path / "out") == {"data.bin.gz": url}
+    assert content_md5(tmp_path / "out" / "data.bin.gz") == source.files["data.bin.gz"]
+
+
+def test_extra_mirror_is_tried_first(tmp_path, http_mirror):
+    root, url = http_mirror
+    source, payload = make_source(tmp_path, (url,))
+    gz(tmp_path / "mine" / "data.bin.gz", payload, 5)
+    assert download(source, tmp_path / "out", [str(tmp_path / "mine")]) == {"data.bin.gz": str(tmp_path / "mine")}
+
+
+def test_error_lists_every_place_tried_and_how_to_fix(tmp_path, http_mirror):
+    root, url = http_mirror
+    source, _ = make_source(tmp_path, (str(tmp_path / "missing"), url))
+    gz(root / "data.bin.gz", b"wrong content", 5)
+    with pytest.raises(DownloadError) as info:
+        download(source, tmp_path / "out")
+    message = str(info.value)
+    assert "could not get data.bin.gz" in message
+    assert f"{tmp_path / 'missing'}/data.bin.gz: " in message
+    assert f"{url}/data.bin.gz: checksum mismatch" in message
+    assert "How to fix: install the test files" in message
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
