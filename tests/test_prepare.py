@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+import pytest
+
+from foldwise.prepare import class_dirname, prepare, split_train_valid, stratified_subset
+from tests.conftest import CLASSES, make_images
+
+
+@pytest.fixture
+def splits():
+    return {"train": make_images(120, seed=1), "test": make_images(30, seed=2)}
+
+
+def test_class_names_stay_readable_and_flat():
+    assert class_dirname("T-shirt/top") == "T-shirt_top"
+    assert class_dirname("Ankle boot") == "Ankle boot"
+    with pytest.raises(ValueError, match="no usable characters"):
+        class_dirname("//")
+
+
+def test_tree_manifest_and_stratified_split(tmp_path, splits):
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, valid_size=30, max_images_per_split=0, seed=0)
+    assert manifest.groupby("split").size().to_dict() == {"test": 30, "train": 90, "valid": 30}
+    assert set(manifest[manifest.split == "valid"]["label"].value_counts()) == {10}  # stratified
+    assert (tmp_path / "train" / "T-shirt_top").is_dir() and not (tmp_path / "train" / "T-shirt").exists()
+    assert all((tmp_path / p).is_file() for p in manifest["path"])
+    assert json.loads((tmp_path / "classes.json").read_text()) == CLASSES
+    row = manifest.iloc[0]
+    assert row["path"].startswith(f"{row['split']}/") and CLASSES[row["label"]] == row["class"]
+    assert not set(manifest[manifest.split == "train"].path) & set(manifest[manifest.split == "valid"].path)
+
+
+def test_same_seed_same_split_other_seed_other_split(tmp_path, splits):
+    a = prepare(splits, tuple(CLASSES), tmp_path / "a", 0.25, 0, seed=3)
+    b = prepare(splits, tuple(CLASSES), tmp_path / "b", 0.25, 0, seed=3)
+    c = prepare(splits, tuple(CLASSES), tmp_path / "c", 0.25, 0, seed=4)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_subset_keeps_class_balance(tmp_path, splits):
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, 30, max_images_per_split=12, seed=0)
+    assert manifest.groupby("split").size().to_dict() == {"test": 12, "train": 12, "valid": 12}
+    assert set(manifest.groupby(["split", "label"]).size()) == {4}
+    labels = np.arange(100) % 4
+    assert len(stratified_subset(labels, 0, 0)) == 100
+
+
+def test_valid_size_too_large_is_explained():
+    with pytest.raises(ValueError, match="valid_size=500 leaves no training images"):
+        split_train_valid(np.arange(100) % 2, 500, 0)
