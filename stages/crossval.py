@@ -1,0 +1,37 @@
+"""DVC stage: K-fold cross-validation of every variant on the train split."""
+
+import argparse
+import json
+from pathlib import Path
+
+from foldwise.cli import run_stage
+from foldwise.crossval import run_crossval
+from foldwise.data import load_split
+from foldwise.engine import choose_device, to_inputs
+from foldwise.monitor import ConsoleMonitor
+from foldwise.outputs import remove_outputs, write_csv, write_json
+from foldwise.params import load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True)
+    parser.add_argument("--stats", required=True)
+    parser.add_argument("--history", required=True, help="CSV: one row per variant, fold and epoch")
+    parser.add_argument("--folds", required=True, help="CSV: one row per variant and fold")
+    parser.add_argument("--summary", required=True, help="JSON metrics: mean/std per variant, chosen variant")
+    args = parser.parse_args()
+    p = load_params()
+    remove_outputs(args.history, args.folds, args.summary)
+    device = choose_device()
+    train = load_split(args.prepared, "train")
+    x = to_inputs(train.images, json.loads(Path(args.stats).read_text()), device)
+    result = run_crossval(x, train.labels.to(device), len(train.classes), p, ConsoleMonitor())
+    write_csv(args.history, result.history.round(6))
+    write_csv(args.folds, result.folds.round(6))
+    write_json(args.summary, {**result.summary, "device": device.type})
+    print(f"chosen: {result.summary['chosen']} ({result.summary['reason']})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

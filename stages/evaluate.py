@@ -1,0 +1,33 @@
+"""DVC stage: test-set metrics of the final model, and confusion data for `dvc plots`."""
+
+import argparse
+
+from foldwise.cli import run_stage
+from foldwise.data import load_split
+from foldwise.engine import choose_device
+from foldwise.final import evaluate_on, load_checkpoint
+from foldwise.outputs import remove_outputs, write_csv, write_json
+from foldwise.params import parse_params
+from foldwise.reports import provenance
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--metrics", required=True, help="JSON metrics (reports/metrics.json)")
+    parser.add_argument("--predictions", required=True, help="CSV: actual,predicted class per test image")
+    args = parser.parse_args()
+    remove_outputs(args.metrics, args.predictions)
+    device = choose_device()
+    model, checkpoint = load_checkpoint(args.model, device)
+    metrics, predictions = evaluate_on(model, checkpoint, load_split(args.prepared, "test"), device)
+    p = parse_params(checkpoint["params"], f"{args.model} (params)")
+    write_csv(args.predictions, predictions)
+    write_json(args.metrics, {"test": metrics, "provenance": {
+        **provenance(p, checkpoint["variant"], device), "test_images": len(predictions)}})
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,22 @@
+"""DVC stage: per-channel mean/std of the TRAIN split into a small JSON."""
+
+import argparse
+
+from foldwise.cli import run_stage
+from foldwise.data import load_split
+from foldwise.outputs import write_json
+from foldwise.stats import compute_stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
+    parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
+    args = parser.parse_args()
+    stats = compute_stats(load_split(args.prepared, "train").images)
+    write_json(args.out, stats)
+    print(stats)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,44 @@
+"""DVC stage: train the chosen (or pinned) variant on train, keep the best epoch on valid."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from foldwise.cli import run_stage
+from foldwise.data import load_split
+from foldwise.engine import choose_device
+from foldwise.final import resolve_variant, save_checkpoint, train_final
+from foldwise.monitor import ConsoleMonitor
+from foldwise.outputs import remove_outputs, write_csv, write_json
+from foldwise.params import load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True)
+    parser.add_argument("--stats", required=True)
+    parser.add_argument("--cv", required=True, help="crossval summary JSON (its chosen variant)")
+    parser.add_argument("--model", required=True, help="checkpoint to write (models/model.pt)")
+    parser.add_argument("--history", required=True, help="CSV: one row per epoch")
+    parser.add_argument("--summary", required=True, help="JSON metrics of the final training")
+    args = parser.parse_args()
+    p = load_params()
+    remove_outputs(args.model, args.history, args.summary)
+    variant, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
+    stats = json.loads(Path(args.stats).read_text())
+    device = choose_device()
+    train, valid = load_split(args.prepared, "train"), load_split(args.prepared, "valid")
+    model, result = train_final(train, valid, stats, p, variant, device, ConsoleMonitor())
+    best = result.history[result.best_epoch - 1]
+    write_csv(args.history, pd.DataFrame(result.history).round(6))
+    write_json(args.summary, {"variant": variant, "reason": reason, "best_epoch": result.best_epoch,
+                              "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
+    # Written last: a model file present means the stage finished.
+    save_checkpoint(args.model, model, p, variant, train.classes, stats, tuple(train.images.shape[1:]))
+    print(f"variant {variant}: best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
