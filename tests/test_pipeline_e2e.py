@@ -1,0 +1,128 @@
+"""End to end: real `dvc` in a temporary git repo on a small subset of the real Fashion-MNIST.
+
+Needs Debian's dataset-fashion-mnist (installed by `make test`) or
+FOLDWISE_MIRROR pointing at a folder with the four official files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+SMALL = {"max_images_per_split": "400", "epochs": "2", "batch_size": "32", "k_folds": "2"}
+METRICS = ["reports/metrics.json", "reports/cv.json", "reports/train.json"]
+
+
+def run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if ok and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def set_params(path: Path, values: dict[str, str]) -> None:
+    text = path.read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"^{key}: \S+", f"{key}: {value}", text, flags=re.M)
+        assert count == 1, key
+    path.write_text(text)
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("FOLDWISE_MIRROR"):
+        pytest.fail("real Fashion-MNIST not found: run `make test` (installs dataset-fashion-mnist) "
+                    "or set FOLDWISE_MIRROR to a folder with the four .gz files")
+    repo = tmp_path_factory.mktemp("project")
+    for name in COPY:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dst)
+    set_params(repo / "params.yaml", SMALL)
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "project")
+    return repo
+
+
+def test_repro_runs_the_whole_pipeline(repo):
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    assert sorted(p.name for p in (repo / "data/raw/fashion-mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    manifest = (repo / "data/prepared/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 3 * 400
+    assert (repo / "data/prepared/train/T-shirt_top").is_dir()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert len(metrics["test"]["per_class"]) == 10
+    assert metrics["provenance"]["dataset"] == "fashion-mnist" and metrics["provenance"]["device"] == "cpu"
+    cv = json.loads((repo / "reports/cv.json").read_text())
+    assert set(cv["variants"]) >= {"baseline", "l2", "dropout"} and cv["chosen"] in cv["variants"]
+    assert {p.name for p in (repo / "reports/figures").iterdir()} == {
+        "learning_curves.png", "cv_comparison.png", "confusion_matrix.png"}
+
+
+def test_second_repro_has_nothing_to_do(repo):
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == set()
+    assert "Data and pipelines are up to date." in out
+
+
+def test_forced_rerun_gives_identical_metrics(repo):
+    before = {m: (repo / m).read_bytes() for m in METRICS}
+    run(repo, "dvc", "repro", "--force")
+    assert {m: (repo / m).read_bytes() for m in METRICS} == before
+
+
+def test_exp_run_reruns_only_training_stages_and_compares(repo):
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline results")
+    out = run(repo, "dvc", "exp", "run", "-S", "lr=0.02").stdout
+    assert ran_stages(out) == {"crossval", "train", "evaluate", "plots"}
+    for stage in ("download", "prepare", "normalize"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    diff = run(repo, "dvc", "metrics", "diff").stdout
+    assert "reports/train.json" in diff and "valid_loss" in diff
+    params = run(repo, "dvc", "params", "diff").stdout
+    assert re.search(r"params\.yaml\s+lr\s+0\.008\s+0\.02", params), params
+    show = run(repo, "dvc", "exp", "show", "--csv").stdout
+    assert "0.02" in show and "test.accuracy" in show
+    run(repo, "dvc", "plots", "show", "--out", "plots-html")
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "Test confusion matrix" in html and "learning_curves.png" in html
+
+
+def test_bad_param_fails_clearly_and_loses_nothing(repo):
+    before = {m: (repo / m).read_bytes() for m in METRICS + ["reports/cv/history.csv"]}
+    set_params(repo / "params.yaml", {"lr": "fast"})
+    failed = run(repo, "dvc", "repro", ok=False)
+    output = failed.stderr + failed.stdout
+    assert failed.returncode != 0
+    assert "lr: expected a number, got 'fast'" in output
+    assert "Traceback" not in output
+    assert {m: (repo / m).read_bytes() for m in before} == before  # last good results kept
+    assert (repo / "models/model.pt").is_file()
+    set_params(repo / "params.yaml", {"lr": "0.02"})
+    assert ran_stages(run(repo, "dvc", "repro").stdout) == set()  # nothing was invalidated
