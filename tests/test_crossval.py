@@ -38,7 +38,7 @@ def test_summary_mean_std_and_choice():
     summary = summarize(folds_table({"baseline": [0.80, 0.82], "l2": [0.85, 0.87], "dropout": [0.70, 0.72]}))
     assert summary["chosen"] == "l2"
     assert summary["variants"]["l2"]["valid_acc_mean"] == pytest.approx(0.86)
-    assert summary["variants"]["l2"]["valid_acc_std"] == pytest.approx(np.std([0.85, 0.87], ddof=1))
+    assert summary["variants"]["l2"]["valid_acc_std"] == pytest.approx(np.std([0.85, 0.87], ddof=1), abs=1e-6)
     assert list(summary["variants"]) == ["baseline", "l2", "dropout"]
     assert "0.8600" in summary["reason"] and "next: baseline" in summary["reason"]
 
