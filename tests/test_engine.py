@@ -20,7 +20,7 @@ def test_choose_device():
     with pytest.raises(ValueError, match="FOLDWISE_DEVICE='tpu' is not valid; use auto, cpu, cuda"):
         choose_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             choose_device("cuda")
 
 

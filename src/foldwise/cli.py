@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
 from foldwise.download import DownloadError
-from foldwise.params import ParamsError
 
 # Errors that mean "bad input or missing prerequisite": the message already
-# names the key, file or value, so a traceback would only hide it.
-USER_ERRORS = (ParamsError, DownloadError, KeyError, ValueError, FileNotFoundError, RuntimeError)
+# names the key, file or value, so a traceback would only hide it. Anything
+# else (a bug) keeps its traceback.
+USER_ERRORS = (DownloadError, KeyError, ValueError, FileNotFoundError)
+DEBUG_ENV = "FOLDWISE_DEBUG"
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; print ``error: ...`` and exit 1 on a user error."""
+    """Run a stage's ``main``; print ``error: ...`` and exit 1 on a user error.
+
+    Set FOLDWISE_DEBUG=1 to get the full traceback instead.
+    """
     try:
         main()
     except USER_ERRORS as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)

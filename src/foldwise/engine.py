@@ -8,7 +8,6 @@ once per epoch (no per-batch host sync).
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import time
@@ -40,7 +39,7 @@ def choose_device(value: str | None = None) -> torch.device:
         return torch.device("cpu")
     if value == "cuda" or value.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{DEVICE_ENV}={value} but CUDA is not available; use auto or cpu")
+            raise ValueError(f"{DEVICE_ENV}={value} but CUDA is not available; use auto or cpu")
         return torch.device(value)
     raise ValueError(f"{DEVICE_ENV}={value!r} is not valid; use auto, cpu, cuda or cuda:N")
 
@@ -177,6 +176,6 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple
         if valid_acc > best_acc:
             best_acc = valid_acc
             result.best_epoch = epoch
-            result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         monitor.on_epoch_end(row)
     return result
