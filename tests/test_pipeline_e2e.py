@@ -60,6 +60,9 @@ def repo(tmp_path_factory) -> Path:
             shutil.copy(src, dst)
     set_params(repo / "params.yaml", SMALL)
     run(repo, "git", "init", "-q")
+    # dvc exp run commits through its own git library: give the repo an identity
+    run(repo, "git", "config", "user.name", "foldwise test")
+    run(repo, "git", "config", "user.email", "test@foldwise.invalid")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "project")
     return repo
