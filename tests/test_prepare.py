@@ -1,7 +1,9 @@
+import hashlib
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from foldwise.prepare import class_dirname, prepare, split_train_valid, stratified_subset
 from tests.conftest import CLASSES, make_images
@@ -29,6 +31,18 @@ def test_tree_manifest_and_stratified_split(tmp_path, splits):
     row = manifest.iloc[0]
     assert row["path"].startswith(f"{row['split']}/") and CLASSES[row["label"]] == row["class"]
     assert not set(manifest[manifest.split == "train"].path) & set(manifest[manifest.split == "valid"].path)
+
+
+def test_manifest_md5_is_the_pixel_content(tmp_path, splits):
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, 30, 0, seed=0)
+    for row in manifest.sample(5, random_state=0).itertuples():
+        with Image.open(tmp_path / row.path) as im:
+            pixels = np.asarray(im)[..., None]
+        assert hashlib.md5(pixels.tobytes()).hexdigest() == row.md5
+    changed = {"train": (splits["train"][0].copy(), splits["train"][1]), "test": splits["test"]}
+    changed["train"][0][0, 0, 0, 0] ^= 1  # one pixel of one image
+    again = prepare(changed, tuple(CLASSES), tmp_path / "again", 30, 0, seed=0)
+    assert not again.equals(manifest) and (again.md5 != manifest.md5).sum() == 1
 
 
 def test_same_seed_same_split_other_seed_other_split(tmp_path, splits):
