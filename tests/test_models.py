@@ -55,3 +55,11 @@ def test_lenet_batchnorm_switch():
     without = build_model((1, 28, 28), 10, dataclasses.replace(Params(), batchnorm=False))
     assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in without.modules())
+
+
+def test_lenet_conv_channels():
+    model = build_model((1, 28, 28), 10, dataclasses.replace(Params(), conv_channels=(6, 16)))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 6), (6, 16)]
+    linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    assert linear.in_features == 16 * 5 * 5  # 28 -> conv pad 2 -> pool 14 -> conv 10 -> pool 5

@@ -50,6 +50,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("valid_size: 1.5\n", r"valid_size: .*fraction in \(0, 1\)"),
     ("k_folds: 1\n", r"k_folds: .*at least 2 folds"),
     ("hidden_sizes: [10, -1]\n", r"hidden_sizes: expected a list of positive integers"),
+    ("conv_channels: [6, 16, 32]\n", r"conv_channels: expected a list of 2 positive integers"),
     ("variants: {fancy: {dataset: mnist}}\n", r"variants.fancy.dataset: a variant cannot set this key"),
     ("variants: {heavy: {weight_decay: x}}\n", r"variants.heavy.weight_decay: expected a number"),
     ("variants: {big: {dropout: 0.9999, lr: -1}}\n", r"variants.big: lr: -1 is invalid"),

@@ -37,8 +37,10 @@ def build_mlp(shape: Shape, num_classes: int, p: Params) -> nn.Module:
 
 
 def build_lenet(shape: Shape, num_classes: int, p: Params) -> nn.Module:
-    """LeNet-5 (6 and 16 5x5 convolutions, 120-84 dense) with optional BatchNorm and dropout."""
+    """LeNet-5 layout: two 5x5 convolutions (``conv_channels``; the classic is 6, 16),
+    each followed by 2x2 max-pooling, then 120-84 dense layers; optional BatchNorm and dropout."""
     c, h, w = shape
+    c1, c2 = p.conv_channels
 
     def conv(cin: int, cout: int, pad: int) -> list[nn.Module]:
         # Pooling before BatchNorm normalises 4x fewer values: measured 1.7x
@@ -46,7 +48,7 @@ def build_lenet(shape: Shape, num_classes: int, p: Params) -> nn.Module:
         bn = [nn.BatchNorm2d(cout)] if p.batchnorm else []
         return [nn.Conv2d(cin, cout, 5, padding=pad, bias=not p.batchnorm), nn.MaxPool2d(2), *bn, nn.ReLU()]
 
-    features = nn.Sequential(*conv(c, 6, 2), *conv(6, 16, 0 if min(h, w) >= 16 else 2))
+    features = nn.Sequential(*conv(c, c1, 2), *conv(c1, c2, 0 if min(h, w) >= 16 else 2))
     with torch.no_grad():
         flat = features(torch.zeros(1, c, h, w)).numel()
     drop = [nn.Dropout(p.dropout)] if p.dropout > 0 else []

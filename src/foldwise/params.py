@@ -33,7 +33,8 @@ class Params:
     seed: int = 42
     # model
     model: str = "lenet"
-    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)
+    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # mlp hidden layer widths
+    conv_channels: tuple[int, ...] = (6, 16)  # lenet: channels of its two 5x5 convolutions
     batchnorm: bool = True
     dropout: float = 0.0  # probability in [0, 1)
     init: str = "kaiming"
@@ -70,6 +71,7 @@ class Params:
         """Plain-data copy for JSON provenance records."""
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["conv_channels"] = list(self.conv_channels)
         out["variants"] = {k: dict(v) for k, v in self.variants.items()}
         return out
 
@@ -79,11 +81,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "step", "plateau", "cosine", "onecycle"),
 }
+LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
 # Keys a variant may override: everything that shapes one training run, not
 # the data or the CV protocol (a variant that changed the folds would not be
 # comparable with the others).
 VARIANT_KEYS = (
-    "model", "hidden_sizes", "batchnorm", "dropout", "init", "optimizer", "lr",
+    "model", "hidden_sizes", "conv_channels", "batchnorm", "dropout", "init", "optimizer", "lr",
     "momentum", "nesterov", "weight_decay", "l1", "scheduler", "step_size",
     "gamma", "plateau_patience", "batch_size", "epochs",
 )
@@ -116,12 +119,13 @@ def _suggest(key: str, valid: list[str]) -> str:
 def _check(key: str, value: Any, where: str) -> Any:
     """Return ``value`` as the declared type of ``key`` or raise naming it."""
     kind = FIELDS[key].type  # a string: annotations are postponed
-    if key == "hidden_sizes":
-        ok = isinstance(value, list) and value and all(
+    if kind == "tuple[int, ...]":
+        ok = isinstance(value, (list, tuple)) and value and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
         )
-        if not ok:
-            raise ParamsError(f"{where}{key}: expected a list of positive integers, got {value!r}")
+        if not ok or (key in LENGTHS and len(value) != LENGTHS[key]):
+            size = f"{LENGTHS[key]} " if key in LENGTHS else ""
+            raise ParamsError(f"{where}{key}: expected a list of {size}positive integers, got {value!r}")
         return tuple(value)
     if kind == "bool":
         if not isinstance(value, bool):
