@@ -43,6 +43,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("lr: fast\n", r"lr: expected a number, got 'fast'"),
+    ("lr: .nan\n", r"lr: expected a number, got nan"),
     ("epochs: 2.5\n", r"epochs: expected an integer"),
     ("batchnorm: 1\n", r"batchnorm: expected true or false"),
     ("optimizer: rmsprop\n", r"optimizer: 'rmsprop' is not one of sgd, adam, adamw"),

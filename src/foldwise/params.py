@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,7 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ParamsError(f"{where}{key}: expected an integer, got {value!r}")
         return value
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ParamsError(f"{where}{key}: expected a number, got {value!r}")
         return value
     if kind == "str":
