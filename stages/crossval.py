@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from foldwise.cli import run_stage
-from foldwise.crossval import run_crossval
+from foldwise.crossval import explain_choice, run_crossval
 from foldwise.data import load_split
 from foldwise.engine import choose_device, to_inputs
 from foldwise.monitor import ConsoleMonitor
@@ -30,7 +30,7 @@ def main() -> None:
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))
     write_json(args.summary, {**result.summary, "device": device.type})
-    print(f"chosen: {result.summary['chosen']} ({result.summary['reason']})")
+    print(f"chosen {explain_choice(result.summary)}")
 
 
 if __name__ == "__main__":

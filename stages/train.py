@@ -26,18 +26,18 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params()
     remove_outputs(args.model, args.history, args.summary)
-    variant, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
+    variant, source = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
     device = choose_device()
     train, valid = load_split(args.prepared, "train"), load_split(args.prepared, "valid")
     model, result = train_final(train, valid, stats, p, variant, device, ConsoleMonitor())
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))
-    write_json(args.summary, {"variant": variant, "reason": reason, "best_epoch": result.best_epoch,
+    write_json(args.summary, {"variant": variant, "variant_source": source, "best_epoch": result.best_epoch,
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
     # Written last: a model file present means the stage finished.
     save_checkpoint(args.model, model, p, variant, train.classes, stats, tuple(train.images.shape[1:]))
-    print(f"variant {variant}: best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")
+    print(f"variant {variant} ({source}): best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")
 
 
 if __name__ == "__main__":

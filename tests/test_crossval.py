@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from foldwise.crossval import make_folds, run_crossval, summarize
+from foldwise.crossval import explain_choice, make_folds, run_crossval, summarize
 from foldwise.engine import to_inputs
 
 
@@ -40,7 +40,8 @@ def test_summary_mean_std_and_choice():
     assert summary["variants"]["l2"]["valid_acc_mean"] == pytest.approx(0.86)
     assert summary["variants"]["l2"]["valid_acc_std"] == pytest.approx(np.std([0.85, 0.87], ddof=1), abs=1e-6)
     assert list(summary["variants"]) == ["baseline", "l2", "dropout"]
-    assert "0.8600" in summary["reason"] and "next: baseline" in summary["reason"]
+    reason = explain_choice(summary)
+    assert reason.startswith("l2: highest mean") and "0.8600" in reason and "next: baseline (0.8100)" in reason
 
 
 def test_ties_go_to_the_first_variant_in_params_order():

@@ -50,7 +50,11 @@ class CVResult:
 
 
 def summarize(folds: pd.DataFrame) -> dict[str, Any]:
-    """Mean and sample std of the fold score per variant, and the best variant with the reason."""
+    """Mean and sample std of the fold score per variant, and the best variant.
+
+    Numbers only (plus the chosen name), so `dvc metrics diff` stays a
+    readable table; ``explain_choice`` turns it into a sentence.
+    """
     order = list(dict.fromkeys(folds["variant"]))
     stats = folds.groupby("variant", sort=False).agg(
         valid_acc_mean=(SCORE, "mean"), valid_acc_std=(SCORE, "std"),
@@ -59,21 +63,26 @@ def summarize(folds: pd.DataFrame) -> dict[str, Any]:
     ).reindex(order)
     stats["valid_acc_std"] = stats["valid_acc_std"].fillna(0.0)
     ranked = stats.sort_values("valid_acc_mean", ascending=False, kind="stable")  # ties: params order
-    best = str(ranked.index[0])
-    reason = (f"highest mean validation accuracy over {int(stats.loc[best, 'folds'])} folds "
-              f"({stats.loc[best, 'valid_acc_mean']:.4f} ± {stats.loc[best, 'valid_acc_std']:.4f})")
-    if len(ranked) > 1:
-        second = str(ranked.index[1])
-        reason += f"; next: {second} ({ranked.loc[second, 'valid_acc_mean']:.4f})"
     return {
-        "score": "validation accuracy after the last epoch, per fold",
         "variants": {
             name: {k: (int(v) if k == "folds" else round(float(v), 6)) for k, v in row.items()}
             for name, row in stats.iterrows()
         },
-        "chosen": best,
-        "reason": reason,
+        "chosen": str(ranked.index[0]),
     }
+
+
+def explain_choice(summary: dict[str, Any]) -> str:
+    """Why ``summary['chosen']`` won, with the runner-up for scale."""
+    variants = summary["variants"]
+    best = summary["chosen"]
+    line = (f"{best}: highest mean validation accuracy after the last epoch over "
+            f"{variants[best]['folds']} folds ({variants[best]['valid_acc_mean']:.4f} ± "
+            f"{variants[best]['valid_acc_std']:.4f})")
+    others = sorted((v for v in variants if v != best), key=lambda v: -variants[v]["valid_acc_mean"])
+    if others:
+        line += f"; next: {others[0]} ({variants[others[0]]['valid_acc_mean']:.4f})"
+    return line
 
 
 def run_crossval(x: torch.Tensor, y: torch.Tensor, num_classes: int, p: Params,

@@ -19,16 +19,16 @@ from foldwise.reports import classification_metrics
 
 
 def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str]:
-    """The variant to train and why: the pinned ``variant``, or with ``auto`` crossval's choice."""
+    """The variant to train and where it came from: ``pinned`` in params.yaml or ``crossval``."""
     if p.variant != "auto":
-        return p.variant, f"pinned in params.yaml (variant: {p.variant}); crossval's best: {cv_summary.get('chosen')}"
+        return p.variant, "pinned"
     chosen = cv_summary.get("chosen")
     if chosen not in p.variants:
         raise ValueError(
             f"crossval chose variant {chosen!r}, which params.yaml no longer defines "
             f"(valid: {', '.join(p.variants)}); re-run crossval (dvc repro)"
         )
-    return chosen, f"chosen by crossval: {cv_summary.get('reason', '')}"
+    return chosen, "crossval"
 
 
 def train_final(train: ImageSet, valid: ImageSet, stats: dict[str, Any], p: Params, variant: str,
