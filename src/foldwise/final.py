@@ -7,10 +7,11 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from foldwise.data import ImageSet
-from foldwise.engine import FitResult, evaluate, fit, predict, seed_everything, to_inputs
+from foldwise.engine import FitResult, fit, predict, seed_everything, to_inputs
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
 from foldwise.outputs import atomic_file
@@ -67,10 +68,9 @@ def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: ImageSet,
     """Test metrics, and one (actual, predicted) row per image for the confusion plot."""
     if test.classes != checkpoint["classes"]:
         raise ValueError(f"test classes {test.classes} differ from the model's {checkpoint['classes']}")
-    x = to_inputs(test.images, checkpoint["stats"], device)
-    y = test.labels.to(device)
-    loss, _ = evaluate(model, x, y)
-    predicted = predict(model, x).argmax(1).cpu().numpy()
+    logits = predict(model, to_inputs(test.images, checkpoint["stats"], device))
+    loss = F.cross_entropy(logits, test.labels.to(device)).item()
+    predicted = logits.argmax(1).cpu().numpy()
     actual = test.labels.numpy()
     metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, test.classes)}
     names = pd.Series(test.classes)
