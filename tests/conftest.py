@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
+import http.server
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +57,19 @@ def tiny_set() -> ImageSet:
 @pytest.fixture
 def tiny_stats() -> dict:
     return {"mean": [0.3], "std": [0.3]}
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving the folder it yields (folder, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output readable
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -1,8 +1,5 @@
-import functools
 import gzip
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -37,18 +34,6 @@ def test_bad_mirror_falls_through_to_a_good_one(tmp_path):
     assert used == {"data.bin.gz": str(tmp_path / "good")}
     assert gzip.decompress((tmp_path / "out" / "data.bin.gz").read_bytes()) == payload
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.bin.gz"]  # no .part left
-
-
-@pytest.fixture
-def http_mirror(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_downloads_over_http_when_local_mirror_missing(tmp_path, http_mirror):
