@@ -1,14 +1,19 @@
 """SOURCES registry: dataset name -> where its files live, how to verify and read them.
 
-Checksums are of the DECOMPRESSED content: Debian's ``dataset-fashion-mnist``
-recompressed the official ``.gz`` files (different ``.gz`` md5s), but the
-bytes inside are identical, so one check accepts both the local mirror and
-the official download.
+A checksum is the md5 of the file or of its decompressed content. Content
+checksums are preferred: Debian's ``dataset-fashion-mnist`` recompressed the
+official ``.gz`` files (different ``.gz`` md5s) but the bytes inside are
+identical, so one check accepts both the local mirror and the official
+download.
+
+A source without a test split (``digits``) gets one carved out by prepare
+(``test_size``).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,6 +70,20 @@ def _read_mnist_like(folder: Path) -> Splits:
     return read_idx_pair(folder, {"train": "train", "test": "t10k"})
 
 
+def _read_digits(folder: Path) -> Splits:
+    """scikit-learn's 8x8 digits CSV (64 pixel columns in 0..16, then the label) -> uint8 images."""
+    table = np.loadtxt(folder / "digits.csv.gz", delimiter=",")
+    if table.ndim != 2 or table.shape[1] != 65:
+        raise ValueError(f"{folder / 'digits.csv.gz'}: expected 65 columns, got shape {table.shape}")
+    images = np.rint(table[:, :64] * (255 / 16)).clip(0, 255).astype(np.uint8).reshape(-1, 8, 8, 1)
+    return {"train": (images, table[:, 64].astype(np.int64))}
+
+
+def _sklearn_data_dir() -> str:
+    """Where scikit-learn keeps its bundled datasets (a local mirror, no network)."""
+    return str(importlib.resources.files("sklearn.datasets") / "data")
+
+
 SOURCES: dict[str, Source] = {
     "fashion-mnist": Source(
         files={
@@ -87,6 +106,31 @@ SOURCES: dict[str, Source] = {
             "the files under /usr/share/datasets/fashion-mnist/); or put the four files "
             "in a folder and set FOLDWISE_MIRROR=/that/folder."
         ),
+    ),
+    "mnist": Source(
+        files={  # md5 of the official .gz files (torchvision's list)
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist",
+            "http://yann.lecun.com/exdb/mnist",
+        ),
+        classes=tuple(str(d) for d in range(10)),
+        read=_read_mnist_like,
+        install_hint=(
+            "Download the four MNIST .gz files on a machine with internet access, copy them "
+            "into a folder here and set FOLDWISE_MIRROR=/that/folder."
+        ),
+    ),
+    "digits": Source(
+        files={"digits.csv.gz": "a0339c30a8a5312a1b6f9e5c719dcce5"},  # content md5
+        mirrors=(_sklearn_data_dir(),),
+        classes=tuple(str(d) for d in range(10)),
+        read=_read_digits,
+        install_hint="It ships with scikit-learn: reinstall it (`make run` does).",
     ),
 }
 

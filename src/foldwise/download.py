@@ -30,13 +30,23 @@ class DownloadError(RuntimeError):
 
 def content_md5(path: Path) -> str:
     """md5 of the file's content, decompressed first when it is gzip (by magic bytes)."""
-    digest = hashlib.md5()
+    return file_md5s(path)[1]
+
+
+def file_md5s(path: Path) -> tuple[str, str]:
+    """(md5 of the bytes on disk, md5 of the content: decompressed when gzip)."""
+    raw = hashlib.md5()
     with open(path, "rb") as f:
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
-    with opener(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            raw.update(chunk)
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return raw.hexdigest(), raw.hexdigest()
+    content = hashlib.md5()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            content.update(chunk)
+    return raw.hexdigest(), content.hexdigest()
 
 
 def _fetch_url(url: str, dest: Path) -> None:
@@ -55,7 +65,9 @@ def _is_url(mirror: str) -> bool:
 def fetch_file(name: str, md5: str, mirrors: list[str], out_dir: Path) -> str:
     """Put a verified ``name`` into ``out_dir``; return the mirror used.
 
-    Raises ``DownloadError`` listing every place tried and why it failed.
+    ``md5`` may be of the file itself or of its decompressed content (the
+    latter accepts a mirror that recompressed the same data). Raises
+    ``DownloadError`` listing every place tried and why it failed.
     """
     target = out_dir / name
     tmp = out_dir / f".{name}.part"
@@ -67,9 +79,9 @@ def fetch_file(name: str, md5: str, mirrors: list[str], out_dir: Path) -> str:
                 _fetch_url(where, tmp)
             else:
                 shutil.copyfile(where, tmp)
-            got = content_md5(tmp)
-            if got != md5:
-                raise ValueError(f"checksum mismatch (content md5 {got}, expected {md5})")
+            raw, content = file_md5s(tmp)
+            if md5 not in (raw, content):
+                raise ValueError(f"checksum mismatch (md5 {raw}, content md5 {content}, expected {md5})")
         except (OSError, ValueError, EOFError, urllib.error.URLError) as exc:
             failures.append(f"  {where}: {exc}")
             tmp.unlink(missing_ok=True)
