@@ -19,7 +19,8 @@ def main() -> None:
     source = get_source(p.dataset)
     splits = source.read(Path(args.raw) / p.dataset)
     with atomic_dir(args.out) as tmp:
-        manifest = prepare(splits, source.classes, tmp, p.valid_size, p.max_images_per_split, p.seed)
+        manifest = prepare(splits, source.classes, tmp, p.valid_size, p.max_images_per_split, p.seed,
+                           p.test_size)
     print(manifest.groupby("split").size().to_string())
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foldwise.prepare import class_dirname, prepare, split_train_valid, stratified_subset
+from foldwise.prepare import carve_split, class_dirname, prepare, stratified_subset
 from tests.conftest import CLASSES, make_images
 
 
@@ -61,6 +61,15 @@ def test_subset_keeps_class_balance(tmp_path, splits):
     assert len(stratified_subset(labels, 0, 0)) == 100
 
 
-def test_valid_size_too_large_is_explained():
+def test_sizes_too_large_are_explained():
     with pytest.raises(ValueError, match="valid_size=500 leaves no training images"):
-        split_train_valid(np.arange(100) % 2, 500, 0)
+        carve_split(np.arange(100) % 2, 500, 0)
+    with pytest.raises(ValueError, match="test_size=1 cannot be split stratified from 100 images"):
+        carve_split(np.arange(100) % 2, 1, 0, "test_size")
+
+
+def test_a_source_without_test_split_gets_one_carved_out(tmp_path, splits):
+    manifest = prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path, 0.25, 0, seed=0, test_size=30)
+    assert manifest.groupby("split").size().to_dict() == {"test": 30, "train": 67, "valid": 23}
+    assert set(manifest[manifest.split == "test"]["label"].value_counts()) == {10}
+    assert manifest.path.is_unique  # each source image lands in exactly one split

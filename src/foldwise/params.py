@@ -30,6 +30,7 @@ class Params:
     # data
     dataset: str = "fashion-mnist"
     valid_size: float = 10000  # int = images, float in (0, 1) = fraction of train
+    test_size: float = 0.2  # sources without a test split: int = images, float = fraction
     max_images_per_split: int = 0  # 0 = all; >0 = stratified subset per split
     seed: int = 42
     # model
@@ -163,11 +164,12 @@ def _check_ranges(p: Params, where: str = "") -> None:
             raise bad(key, "expected zero or a positive value")
     if not (0 < p.gamma <= 1):
         raise bad("gamma", "expected a factor in (0, 1]")
-    vs = p.valid_size
-    if isinstance(vs, float) and not (0 < vs < 1):
-        raise bad("valid_size", "a float must be a fraction in (0, 1); use an integer for a count")
-    if isinstance(vs, int) and vs < 1:
-        raise bad("valid_size", "an integer must be a count of images >= 1")
+    for key in ("valid_size", "test_size"):
+        size = getattr(p, key)
+        if isinstance(size, float) and not (0 < size < 1):
+            raise bad(key, "a float must be a fraction in (0, 1); use an integer for a count")
+        if isinstance(size, int) and size < 1:
+            raise bad(key, "an integer must be a count of images >= 1")
     if p.k_folds < 2:
         raise bad("k_folds", "cross-validation needs at least 2 folds")
 

@@ -1,7 +1,8 @@
 """Reorganise a dataset into ``{train,valid,test}/<class>/<id>.png`` plus a manifest.
 
-The train/valid split is stratified and seeded, so the same params always
-give the same files; the source's own test set stays ``test``.
+The train/valid split (and the test split, for sources without one) is
+stratified and seeded, so the same params always give the same files; a
+source's own test set stays ``test``.
 """
 
 from __future__ import annotations
@@ -41,18 +42,22 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def split_train_valid(labels: np.ndarray, valid_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded indices of (train, valid); ``valid_size`` int = count, float = fraction."""
+def carve_split(labels: np.ndarray, size: float, seed: int, key: str = "valid_size") -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded indices of (rest, carved); ``size`` int = count, float = fraction.
+
+    ``key`` names the param in errors.
+    """
     n = len(labels)
-    if isinstance(valid_size, int) and valid_size >= n:
+    if isinstance(size, int) and size >= n:
         raise ValueError(
-            f"valid_size={valid_size} leaves no training images: the train set has {n}; "
+            f"{key}={size} leaves no training images: the set it is carved from has {n}; "
             f"use a smaller count or a fraction such as 0.2"
         )
-    train, valid = train_test_split(
-        np.arange(n), test_size=valid_size, stratify=labels, random_state=seed
-    )
-    return np.sort(train), np.sort(valid)
+    try:
+        rest, carved = train_test_split(np.arange(n), test_size=size, stratify=labels, random_state=seed)
+    except ValueError as exc:  # e.g. fewer images than classes in the carved part
+        raise ValueError(f"{key}={size} cannot be split stratified from {n} images: {exc}") from None
+    return np.sort(rest), np.sort(carved)
 
 
 def _save_png(args: tuple[np.ndarray, Path]) -> None:
@@ -67,6 +72,7 @@ def prepare(
     valid_size: float,
     max_images_per_split: int,
     seed: int,
+    test_size: float = 0.2,
 ) -> pd.DataFrame:
     """Write the image tree, ``manifest.csv`` and ``classes.json``; return the manifest.
 
@@ -74,16 +80,24 @@ def prepare(
     changes whenever any image does: later stages can depend on it alone
     instead of on 70,000 files (DVC checks one file instead of all of them).
 
-    ``max_images_per_split`` > 0 keeps a stratified subset of that size per
-    split (smoke runs and tests); the valid split is carved from train first.
+    A source without a test split gets one of ``test_size`` carved out of its
+    train split first; then ``valid_size`` is carved out of what remains.
+    ``max_images_per_split`` > 0 then keeps a stratified subset of that size
+    per split (smoke runs and tests).
     """
     out_dir = Path(out_dir)
     train_images, train_labels = splits["train"]
-    train_idx, valid_idx = split_train_valid(train_labels, valid_size, seed)
+    if "test" in splits:
+        pool = np.arange(len(train_labels))
+        test = (*splits["test"], np.arange(len(splits["test"][1])), "test")
+    else:
+        pool, test_idx = carve_split(train_labels, test_size, seed, "test_size")
+        test = (train_images, train_labels, test_idx, "train")
+    rest, valid = carve_split(train_labels[pool], valid_size, seed, "valid_size")
     parts = {
-        "train": (train_images, train_labels, train_idx, "train"),
-        "valid": (train_images, train_labels, valid_idx, "train"),
-        "test": (*splits["test"], np.arange(len(splits["test"][1])), "test"),
+        "train": (train_images, train_labels, pool[rest], "train"),
+        "valid": (train_images, train_labels, pool[valid], "train"),
+        "test": test,
     }
     dirs = [class_dirname(c) for c in classes]
     if len(set(dirs)) != len(dirs):
