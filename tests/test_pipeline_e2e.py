@@ -50,12 +50,8 @@ def tracked_files() -> list[str]:
     return [name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("FOLDWISE_MIRROR"):
-        pytest.fail("real Fashion-MNIST not found: run `make test` (installs dataset-fashion-mnist) "
-                    "or set FOLDWISE_MIRROR to a folder with the four .gz files")
-    repo = tmp_path_factory.mktemp("project")
+def make_clone(repo: Path) -> None:
+    """Copy the tracked files into ``repo`` and commit them, as a fresh clone would have them."""
     for name in tracked_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
@@ -65,9 +61,31 @@ def repo(tmp_path_factory) -> Path:
     run(repo, "git", "config", "user.email", "test@foldwise.invalid")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "a fresh clone, with the reference run's metrics")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("FOLDWISE_MIRROR"):
+        pytest.fail("real Fashion-MNIST not found: run `make test` (installs dataset-fashion-mnist) "
+                    "or set FOLDWISE_MIRROR to a folder with the four .gz files")
+    repo = tmp_path_factory.mktemp("project")
+    make_clone(repo)
     set_params(repo / "params.yaml", SMALL)
     run(repo, "git", "commit", "-qam", "small run")
     return repo
+
+
+def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
+    make_clone(tmp_path)
+    set_params(tmp_path / "params.yaml", {"dataset": "digits", "valid_size": "0.15", "batch_size": "64",
+                                          "epochs": "4", "k_folds": "2"})
+    out = run(tmp_path, "dvc", "repro").stdout
+    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    manifest = (tmp_path / "data/prepared/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 1797  # every image in exactly one split
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert metrics["provenance"]["dataset"] == "digits"
+    assert metrics["test"]["accuracy"] > 0.8 and list(metrics["test"]["per_class"]) == list("0123456789")
 
 
 def test_repro_runs_the_whole_pipeline(repo):
