@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 from pathlib import Path
@@ -63,3 +64,32 @@ def test_error_lists_every_place_tried_and_how_to_fix(tmp_path, http_mirror):
     assert f"{url}/data.bin.gz: checksum mismatch" in message
     assert "How to fix: install the test files" in message
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
+
+
+def test_interrupted_download_is_a_clean_retry(tmp_path):
+    """A server that cuts the connection mid-file: nothing partial is kept, the next mirror is used."""
+    import socket
+    import threading
+
+    source, payload = make_source(tmp_path, ())
+    body = gzip.compress(payload)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_half_once():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+        conn.close()
+
+    threading.Thread(target=serve_half_once, daemon=True).start()
+    gz(tmp_path / "good" / "data.bin.gz", payload, 9)
+    cut = f"http://127.0.0.1:{port}"
+    with pytest.raises(DownloadError, match=r"connection closed after \d+ of \d+ bytes"):
+        download(dataclasses.replace(source, mirrors=(cut,)), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    threading.Thread(target=serve_half_once, daemon=True).start()
+    used = download(dataclasses.replace(source, mirrors=(cut, str(tmp_path / "good"))), tmp_path / "out")
+    listener.close()
+    assert used == {"data.bin.gz": str(tmp_path / "good")}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.bin.gz"]

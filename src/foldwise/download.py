@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,10 +52,14 @@ def file_md5s(path: Path) -> tuple[str, str]:
 def _fetch_url(url: str, dest: Path) -> None:
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, leave=False) as bar:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    if total is not None and received < total:
+        raise OSError(f"connection closed after {received} of {total} bytes (interrupted download)")
 
 
 def _is_url(mirror: str) -> bool:
@@ -82,7 +86,8 @@ def fetch_file(name: str, md5: str, mirrors: list[str], out_dir: Path) -> str:
             raw, content = file_md5s(tmp)
             if md5 not in (raw, content):
                 raise ValueError(f"checksum mismatch (md5 {raw}, content md5 {content}, expected {md5})")
-        except (OSError, ValueError, EOFError, urllib.error.URLError) as exc:
+        except (OSError, ValueError, EOFError, http.client.HTTPException) as exc:
+            # URLError is an OSError; IncompleteRead (connection cut mid-file) an HTTPException
             failures.append(f"  {where}: {exc}")
             tmp.unlink(missing_ok=True)
             continue
