@@ -35,3 +35,23 @@ def test_every_source_is_complete(name):
     assert source.files and all(len(md5) == 32 for md5 in source.files.values())
     assert source.mirrors and source.install_hint
     assert len(set(source.classes)) == len(source.classes) >= 2
+
+
+def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
+    import io
+    import os
+    import pickle
+    import tarfile
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    payload = pickle.dumps({b"data": Evil(), b"labels": [0]})
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        SOURCES["cifar10"].read(tmp_path)
+    assert not (tmp_path / "pwned").exists()

@@ -7,13 +7,15 @@ the real code; the entry's own reader decodes them.
 import dataclasses
 import gzip
 import hashlib
+import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from foldwise.data import load_split
-from foldwise.datasets import SOURCES
+from foldwise.datasets import CIFAR_BATCHES, SOURCES
 from foldwise.download import DownloadError, download
 from foldwise.prepare import prepare
 from tests.conftest import write_idx
@@ -46,7 +48,23 @@ def write_digits(root: Path, classes: int) -> dict[str, int]:
     return {"label_scale": 255 / 16, "total": classes * PER_CLASS}
 
 
-WRITERS = {"fashion-mnist": write_mnist_like, "mnist": write_mnist_like, "digits": write_digits}
+def write_cifar10(root: Path, classes: int) -> dict[str, int]:
+    folder = root / "batches"
+    folder.mkdir()
+    for split, names in CIFAR_BATCHES.items():
+        for i, name in enumerate(names):
+            grey, labels = labelled_images(classes, 32, 20, seed=i + (10 if split == "test" else 0))
+            rgb = np.stack([grey, grey // 2, 255 - grey], axis=1)  # N x 3 x 32 x 32, channel 0 keeps the label
+            batch = {b"data": rgb.reshape(len(labels), 3072), b"labels": labels.tolist(),
+                     b"batch_label": name.encode()}
+            (folder / name).write_bytes(pickle.dumps(batch))
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return {"label_scale": 20, "total": 6 * classes * PER_CLASS}
+
+
+WRITERS = {"fashion-mnist": write_mnist_like, "mnist": write_mnist_like, "digits": write_digits,
+           "cifar10": write_cifar10}
 
 
 def test_every_source_has_a_synthetic_writer():

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import pickle
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,6 +81,42 @@ def _read_digits(folder: Path) -> Splits:
     return {"train": (images, table[:, 64].astype(np.int64))}
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays, and nothing that could run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+        return super().find_class(module, name)
+
+
+CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _read_cifar10(folder: Path) -> Splits:
+    """CIFAR-10's python batches, read straight from the tar.gz (nothing extracted to disk)."""
+    archive = folder / "cifar-10-python.tar.gz"
+    splits: Splits = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        for split, names in CIFAR_BATCHES.items():
+            images, labels = [], []
+            for name in names:
+                if name not in members:
+                    raise ValueError(f"{archive}: no member named {name}; is this the python version?")
+                batch = _ArrayUnpickler(tar.extractfile(members[name]), encoding="bytes").load()
+                data = np.asarray(batch[b"data"], dtype=np.uint8)
+                images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            splits[split] = (np.concatenate(images), np.concatenate(labels))
+    return splits
+
+
 def _sklearn_data_dir() -> str:
     """Where scikit-learn keeps its bundled datasets (a local mirror, no network)."""
     return str(importlib.resources.files("sklearn.datasets") / "data")
@@ -123,6 +161,16 @@ SOURCES: dict[str, Source] = {
         install_hint=(
             "Download the four MNIST .gz files on a machine with internet access, copy them "
             "into a folder here and set FOLDWISE_MIRROR=/that/folder."
+        ),
+    ),
+    "cifar10": Source(
+        files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},  # official archive md5
+        mirrors=("https://www.cs.toronto.edu/~kriz",),
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        read=_read_cifar10,
+        install_hint=(
+            "Download cifar-10-python.tar.gz (the python version) on a machine with internet "
+            "access, copy it into a folder here and set FOLDWISE_MIRROR=/that/folder."
         ),
     ),
     "digits": Source(
