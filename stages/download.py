@@ -1,11 +1,16 @@
-"""DVC stage: fetch the dataset's original files into data/raw/<dataset>/, checksum-verified."""
+"""DVC stage: fetch the dataset's original files into data/raw/<dataset>/, checksum-verified.
+
+Datasets that take your own images (params' data_path) get a copy of them
+instead, so DVC versions exactly what was trained on.
+"""
 
 import argparse
 import os
+from pathlib import Path
 
 from foldwise.cli import run_stage
 from foldwise.datasets import get_source
-from foldwise.download import download
+from foldwise.download import copy_user_data, download, given_user_data
 from foldwise.outputs import atomic_dir
 from foldwise.params import load_params
 
@@ -16,11 +21,18 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params()
     source = get_source(p.dataset)
-    # FOLDWISE_MIRROR: a folder or URL tried before the built-in mirrors.
+    user = given_user_data(p.data_path) if source.user_data != "no" else None
+    if source.user_data == "required" and user is None:
+        raise ValueError(f"dataset {p.dataset!r} needs your images, and data_path ({p.data_path}) holds "
+                         f"none yet. {source.user_hint}")
     with atomic_dir(args.out) as tmp:
-        used = download(source, tmp / p.dataset, [os.environ.get("FOLDWISE_MIRROR", "")])
-    for name, mirror in used.items():
-        print(f"{name}: from {mirror}")
+        if user is not None:
+            print(f"copied {copy_user_data(user, tmp / p.dataset, source.user_hint)}")
+        else:
+            # FOLDWISE_MIRROR: a folder or URL tried before the built-in mirrors.
+            used = download(source, tmp / p.dataset, [os.environ.get("FOLDWISE_MIRROR", "")])
+            for name, mirror in used.items():
+                print(f"{name}: from {mirror}")
 
 
 if __name__ == "__main__":

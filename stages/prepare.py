@@ -1,13 +1,15 @@
 """DVC stage: reorganise raw files into data/prepared/{train,valid,test}/<class>/ plus a manifest."""
 
 import argparse
+import json
+from contextlib import closing
 from pathlib import Path
 
 from foldwise.cli import run_stage
-from foldwise.datasets import get_source
+from foldwise.datasets import get_source, load_raw
 from foldwise.outputs import atomic_dir
 from foldwise.params import load_params
-from foldwise.prepare import prepare
+from foldwise.prepare import REPORT, SKIPPED, prepare
 
 
 def main() -> None:
@@ -17,11 +19,14 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params()
     source = get_source(p.dataset)
-    splits = source.read(Path(args.raw) / p.dataset)
-    with atomic_dir(args.out) as tmp:
-        manifest = prepare(splits, source.classes, tmp, p.valid_size, p.max_images_per_split, p.seed,
-                           p.test_size)
-    print(manifest.groupby("split").size().to_string())
+    with closing(load_raw(source, Path(args.raw) / p.dataset, p.label_pattern)) as raw, \
+            atomic_dir(args.out) as tmp:
+        prepare(raw, raw.classes, tmp, p.valid_size, p.max_images_per_split, p.seed, p.test_size,
+                channels=p.channels or source.channels, image_size=p.image_size)
+    report = json.loads((Path(args.out) / REPORT).read_text())
+    print(json.dumps(report, indent=2))
+    if report["skipped"]["total"]:
+        print(f"skipped {report['skipped']['total']} files; each is listed in {Path(args.out) / SKIPPED}")
 
 
 if __name__ == "__main__":

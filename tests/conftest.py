@@ -73,3 +73,28 @@ def http_mirror(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+def jpeg_bytes(value: int, size: tuple[int, int] = (30, 24), seed: int = 0, mode: str = "RGB") -> bytes:
+    """A small JPEG whose pixels sit around ``value`` (labels are encoded as brightness)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(value + rng.integers(-20, 20, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels)
+    (image.convert(mode) if mode != "RGB" else image).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip archive of ``members`` (name -> bytes), stored uncompressed so bytes can be damaged."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path

@@ -66,30 +66,76 @@ def test_error_lists_every_place_tried_and_how_to_fix(tmp_path, http_mirror):
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
 
 
-def test_interrupted_download_is_a_clean_retry(tmp_path):
-    """A server that cuts the connection mid-file: nothing partial is kept, the next mirror is used."""
-    import socket
-    import threading
+class CuttingServer:
+    """HTTP on 127.0.0.1 that cuts the first ``cuts`` responses halfway; honours Range if ``ranges``."""
 
+    def __init__(self, body: bytes, cuts: int, ranges: bool = True) -> None:
+        import socket
+        import threading
+
+        self.body, self.cuts, self.ranges, self.requests = body, cuts, ranges, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import re
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            request = conn.recv(65536).decode()
+            self.requests.append(request)
+            start = re.search(r"Range: bytes=(\d+)-", request, re.I)
+            if start and self.ranges:
+                offset = int(start.group(1))
+                head = (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {offset}-{len(self.body) - 1}/"
+                        f"{len(self.body)}\r\n")
+            else:
+                offset, head = 0, "HTTP/1.1 200 OK\r\n"
+            part = self.body[offset:]
+            if len(self.requests) <= self.cuts:
+                sent = part[: max(1, len(part) // 2)]
+            else:
+                sent = part
+            conn.sendall(f"{head}Content-Length: {len(part)}\r\nConnection: close\r\n\r\n".encode() + sent)
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_interrupted_download_resumes_where_it_stopped(tmp_path):
     source, payload = make_source(tmp_path, ())
     body = gzip.compress(payload)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+    server = CuttingServer(body, cuts=1)
+    used = download(dataclasses.replace(source, mirrors=(server.url,)), tmp_path / "out")
+    server.close()
+    assert used == {"data.bin.gz": server.url}
+    assert (tmp_path / "out" / "data.bin.gz").read_bytes() == body
+    assert len(server.requests) == 2 and f"Range: bytes={len(body) // 2}-" in server.requests[1]
 
-    def serve_half_once():
-        conn, _ = listener.accept()
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
-        conn.close()
 
-    threading.Thread(target=serve_half_once, daemon=True).start()
-    gz(tmp_path / "good" / "data.bin.gz", payload, 9)
-    cut = f"http://127.0.0.1:{port}"
-    with pytest.raises(DownloadError, match=r"connection closed after \d+ of \d+ bytes"):
-        download(dataclasses.replace(source, mirrors=(cut,)), tmp_path / "out")
+def test_server_without_range_support_gets_a_clean_restart(tmp_path):
+    source, payload = make_source(tmp_path, ())
+    body = gzip.compress(payload)
+    server = CuttingServer(body, cuts=1, ranges=False)
+    download(dataclasses.replace(source, mirrors=(server.url,)), tmp_path / "out")
+    server.close()
+    assert (tmp_path / "out" / "data.bin.gz").read_bytes() == body  # not the first half twice
+
+
+def test_download_that_keeps_failing_is_named_and_leaves_nothing(tmp_path):
+    """Every attempt cut: an interrupted-download error, no partial file, the next mirror used."""
+    source, payload = make_source(tmp_path, ())
+    server = CuttingServer(gzip.compress(payload), cuts=100)
+    with pytest.raises(DownloadError, match=r"connection closed after \d+ of \d+ bytes \(interrupted download"):
+        download(dataclasses.replace(source, mirrors=(server.url,)), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
-    threading.Thread(target=serve_half_once, daemon=True).start()
-    used = download(dataclasses.replace(source, mirrors=(cut, str(tmp_path / "good"))), tmp_path / "out")
-    listener.close()
+    gz(tmp_path / "good" / "data.bin.gz", payload, 9)
+    used = download(dataclasses.replace(source, mirrors=(server.url, str(tmp_path / "good"))), tmp_path / "out")
+    server.close()
     assert used == {"data.bin.gz": str(tmp_path / "good")}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.bin.gz"]

@@ -6,8 +6,11 @@ official ``.gz`` files (different ``.gz`` md5s) but the bytes inside are
 identical, so one check accepts both the local mirror and the official
 download.
 
-A source without a test split (``digits``) gets one carved out by prepare
-(``test_size``).
+A source without a test split (``digits``, ``dogs-vs-cats``, ``folder``) gets
+one carved out by prepare (``test_size``). Array sources (IDX, CIFAR,
+digits) are decoded whole; file sources (``dogs-vs-cats``, ``folder``) are
+listed here and decoded one file at a time by prepare, which skips and counts
+the files that are not usable images.
 """
 
 from __future__ import annotations
@@ -16,25 +19,57 @@ import gzip
 import importlib.resources
 import pickle
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Callable
 
 import numpy as np
 
+from foldwise.archives import FileTree, open_tree
+from foldwise.labelled import CSV_NAME, Listing, by_class_folder, by_csv, by_pattern, compile_pattern
+
 # Images as uint8 (N, H, W, C) and labels as int64 (N,), per source split.
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+USER_FOLDER = "images"  # where the download stage copies a user's folder inside data/raw/<dataset>/
+
+
+@dataclass
+class FileImages:
+    """Labelled files in a tree, not yet decoded (``names[i]`` has class index ``labels[i]``)."""
+
+    tree: FileTree
+    names: list[str]
+    labels: np.ndarray
+
+
+@dataclass
+class RawData:
+    """What a source's reader found: classes, splits (arrays or files), files it left out."""
+
+    classes: tuple[str, ...]
+    splits: dict[str, tuple[np.ndarray, np.ndarray] | FileImages]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    empty_classes: list[str] = field(default_factory=list)  # class folders with no files
+
+    def close(self) -> None:
+        for split in self.splits.values():
+            if isinstance(split, FileImages):
+                split.tree.close()
 
 
 @dataclass(frozen=True)
 class Source:
     """How to fetch, verify and read one dataset."""
 
-    files: dict[str, str]  # file name -> md5 of its decompressed content
+    files: dict[str, str | None]  # file name -> md5 of its (decompressed) content; None = no pinned md5
     mirrors: tuple[str, ...]  # local folders or base URLs, tried in order
-    classes: tuple[str, ...]  # index = label
-    read: Callable[[Path], Splits]  # folder of verified files -> splits
+    classes: tuple[str, ...]  # index = label; empty = taken from the data (folder)
+    read: Callable[..., Splits | RawData]  # folder of verified files (, label_pattern) -> data
     install_hint: str = ""  # how a user gets the files when no mirror works
+    channels: int = 1  # native channel count (1 grey, 3 RGB)
+    user_data: str = "no"  # whether params' data_path is used: no | optional | required
+    user_hint: str = ""  # what data_path may point at, for errors
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -117,6 +152,74 @@ def _read_cifar10(folder: Path) -> Splits:
     return splits
 
 
+def _user_tree(folder: Path) -> FileTree:
+    """The tree the download stage left: a copied folder, or one archive, or a CSV and its files."""
+    if (folder / USER_FOLDER).is_dir() or (folder / CSV_NAME).is_file():
+        return open_tree(folder / USER_FOLDER if (folder / USER_FOLDER).is_dir() else folder)
+    archives = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if len(archives) != 1:
+        raise ValueError(f"{folder}: expected one archive or an {USER_FOLDER}/ folder, found {len(archives)} files; "
+                         f"re-run the download stage (dvc repro --force download)")
+    return open_tree(archives[0])
+
+
+def _encode(tree: FileTree, listing: Listing, classes: tuple[str, ...]) -> RawData:
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[label] for label in listing.labels], dtype=np.int64)
+    empty = sorted(set(classes) - set(listing.labels))
+    return RawData(classes, {"train": FileImages(tree, listing.files, labels)}, listing.skipped, empty)
+
+
+def read_folder(folder: Path, label_pattern: str = "") -> RawData:
+    """Your images: ``<class>/`` folders, a flat folder named by ``label_pattern``, or a CSV."""
+    tree = _user_tree(folder)
+    if CSV_NAME in tree.files and not (folder / USER_FOLDER).is_dir():
+        listing = by_csv(tree)
+    elif label_pattern:
+        listing = by_pattern(tree, label_pattern)
+    else:
+        listing = by_class_folder(tree)
+    if not listing.files:
+        layout = f"file names matching label_pattern {label_pattern!r}" if label_pattern else "<class>/ folders"
+        tree.close()
+        raise ValueError(f"{tree.where}: no labelled files found (expected {layout}); "
+                         f"{len(listing.skipped)} files were left out, e.g. {listing.skipped[:3]}")
+    return _encode(tree, listing, tuple(sorted(listing.classes)))
+
+
+KAGGLE_NAME = compile_pattern(r"(?i)^(cat|dog)\.\d+\.jpe?g$")  # train.zip: train/cat.123.jpg
+
+
+def read_dogs_vs_cats(folder: Path, _label_pattern: str = "") -> RawData:
+    """Kaggle's train.zip (class in the file name) or Microsoft's PetImages (Cat/ and Dog/ folders)."""
+    tree = _user_tree(folder)
+    if any(KAGGLE_NAME.search(PurePosixPath(n).name) for n in tree.files):
+        listing = by_pattern(tree, KAGGLE_NAME)
+    else:
+        listing = by_class_folder(tree)
+    pets = Listing(skipped=list(listing.skipped))
+    for name, label in zip(listing.files, listing.labels):
+        if label.lower() in ("cat", "dog"):
+            pets.add(name, label.lower())
+        else:
+            pets.skipped.append((name, "not a cat or dog folder"))
+    if not pets.files:
+        tree.close()
+        raise ValueError(
+            f"{tree.where}: neither Dogs vs. Cats layout found: expected Kaggle's train.zip "
+            f"(train/cat.0.jpg, train/dog.0.jpg) or Microsoft's PetImages (PetImages/Cat/0.jpg, "
+            f"PetImages/Dog/0.jpg). Kaggle's test1.zip has no labels and cannot be used."
+        )
+    return _encode(tree, pets, ("cat", "dog"))
+
+
+def load_raw(source: Source, folder: Path, label_pattern: str = "") -> RawData:
+    """Read a downloaded source as ``RawData`` (array readers get their registry classes)."""
+    if source.user_data != "no":
+        return source.read(folder, label_pattern)
+    return RawData(source.classes, dict(source.read(folder)))
+
+
 def _sklearn_data_dir() -> str:
     """Where scikit-learn keeps its bundled datasets (a local mirror, no network)."""
     return str(importlib.resources.files("sklearn.datasets") / "data")
@@ -179,6 +282,41 @@ SOURCES: dict[str, Source] = {
         classes=tuple(str(d) for d in range(10)),
         read=_read_digits,
         install_hint="It ships with scikit-learn: reinstall it (`make run` does).",
+    ),
+    "dogs-vs-cats": Source(
+        # Microsoft's PetImages: ~25,000 JPEGs with a known number of corrupt and
+        # zero-byte files. No md5 is pinned (none could be verified offline): the
+        # zip's own CRC-32 of every member is checked instead.
+        files={"kagglecatsanddogs_5340.zip": None},
+        mirrors=("https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F",),
+        classes=("cat", "dog"),
+        read=read_dogs_vs_cats,
+        channels=3,
+        user_data="optional",
+        install_hint=(
+            "Download kagglecatsanddogs_5340.zip (Microsoft) or Kaggle's train.zip "
+            "(https://www.kaggle.com/c/dogs-vs-cats/data, needs a login) on a machine with "
+            "internet access and set data_path in params.yaml to that file."
+        ),
+        user_hint=(
+            "Set data_path to Kaggle's train.zip (https://www.kaggle.com/c/dogs-vs-cats/data, "
+            "needs a login) or Microsoft's kagglecatsanddogs_5340.zip, or to a folder where "
+            "either is unpacked; or set data_path back to data/own to download the Microsoft archive."
+        ),
+    ),
+    "folder": Source(
+        files={},
+        mirrors=(),
+        classes=(),
+        read=read_folder,
+        channels=3,
+        user_data="required",
+        user_hint=(
+            "Put your images in data/own/<class>/ (one folder per class), or set data_path to "
+            "such a folder, to a flat folder plus label_pattern (a regex whose group is the class, "
+            "e.g. '^(cat|dog)\\.' for cat.12.jpg), to a .zip/.tar of either, or to a CSV file "
+            "with columns path,label (paths relative to the CSV)."
+        ),
     ),
 }
 

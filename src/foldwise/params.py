@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from foldwise.labelled import compile_pattern
+
 
 class ParamsError(ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
@@ -33,6 +35,11 @@ class Params:
     test_size: float = 0.2  # sources without a test split: int = images, float = fraction
     max_images_per_split: int = 0  # 0 = all; >0 = stratified subset per split
     seed: int = 42
+    data_path: str = "data/own"  # your images (folder, zip/tar, CSV) for datasets folder / dogs-vs-cats
+    label_pattern: str = ""  # flat folders: regex whose group captures the class from a file name
+    image_size: int | tuple[int, int] = 0  # 0 = keep; N = shorter side N + centre crop; [h, w] = exactly
+    channels: int = 0  # 0 = the dataset's own; 1 = grey; 3 = RGB
+    memory_budget_mb: int = 4096  # above this, training streams images from disk instead of preloading
     # model
     model: str = "lenet"
     hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # mlp hidden layer widths
@@ -74,6 +81,7 @@ class Params:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
         out["conv_channels"] = list(self.conv_channels)
+        out["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
         out["variants"] = {k: dict(v) for k, v in self.variants.items()}
         return out
 
@@ -93,6 +101,9 @@ VARIANT_KEYS = (
     "gamma", "plateau_patience", "batch_size", "epochs",
 )
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
+# Keys no DVC stage tracks: they change speed and memory, never results, so
+# changing them must not re-run (and invalidate) anything.
+UNTRACKED = {"memory_budget_mb"}
 
 # YAML 1.1 (PyYAML) reads 1e-4 as a string; DVC (YAML 1.2) reads it as a
 # float. Resolve floats the YAML 1.2 way so both agree.
@@ -129,6 +140,15 @@ def _check(key: str, value: Any, where: str) -> Any:
             size = f"{LENGTHS[key]} " if key in LENGTHS else ""
             raise ParamsError(f"{where}{key}: expected a list of {size}positive integers, got {value!r}")
         return tuple(value)
+    if kind == "int | tuple[int, int]":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            return tuple(value)
+        raise ParamsError(f"{where}{key}: expected 0 (keep), a size N (shorter side, then centre crop) "
+                          f"or [height, width], got {value!r}")
     if kind == "bool":
         if not isinstance(value, bool):
             raise ParamsError(f"{where}{key}: expected true or false, got {value!r}")
@@ -172,6 +192,17 @@ def _check_ranges(p: Params, where: str = "") -> None:
             raise bad(key, "an integer must be a count of images >= 1")
     if p.k_folds < 2:
         raise bad("k_folds", "cross-validation needs at least 2 folds")
+    if p.channels not in (0, 1, 3):
+        raise bad("channels", "expected 0 (the dataset's own), 1 (grey) or 3 (RGB)")
+    if p.memory_budget_mb < 1:
+        raise bad("memory_budget_mb", "expected a positive number of megabytes")
+    if not p.data_path.strip():
+        raise bad("data_path", "expected a path; the default is data/own")
+    if p.label_pattern:
+        try:
+            compile_pattern(p.label_pattern)
+        except ValueError as exc:
+            raise ParamsError(f"{where}{exc}") from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -1,0 +1,178 @@
+"""Read the files of a folder, a zip or a tar archive, without extracting anything.
+
+Every member of an archive is checked before any is read. A name that is
+absolute or climbs out with ``..``, a symbolic or hard link, or a device
+makes the whole archive refused (``UnsafeArchiveError``): nothing derived
+from a hostile archive is written anywhere, and since archives are read in
+place, no member name ever becomes a path on disk.
+
+Hidden files (``.DS_Store``, ``._x.jpg``) and ``__MACOSX/`` folders, which
+archivers add on their own, are checked but not listed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would land outside the folder it is extracted to, or is a link."""
+
+
+def is_archive(path: str | Path) -> bool:
+    """Whether ``path`` has the name of an archive we can read (zip or tar, any compression)."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
+
+
+def safe_name(archive: str | Path, name: str) -> str:
+    """``name`` as a clean relative POSIX path, or ``UnsafeArchiveError`` naming the member."""
+    posix = name.replace("\\", "/")
+    path = PurePosixPath(posix)
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or ".." in path.parts:
+        raise UnsafeArchiveError(
+            f"{archive}: refusing the archive: member {name!r} would land outside the folder it is "
+            f"extracted to (absolute path or '..'). Nothing was extracted; use an archive whose "
+            f"members are relative paths inside it."
+        )
+    return str(PurePosixPath(*[p for p in path.parts if p not in ("", ".")]))
+
+
+def _refuse_link(archive: str | Path, name: str, what: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{archive}: refusing the archive: member {name!r} is a {what}, which could point outside "
+        f"the folder it is extracted to. Nothing was extracted; re-create the archive with plain "
+        f"files only (e.g. `zip -r` without -y, or `tar --dereference`)."
+    )
+
+
+class FileTree:
+    """Regular files under a root, by relative POSIX name, in a stable order."""
+
+    def __init__(self, where: str | Path) -> None:
+        self.where = Path(where)
+        self.files: dict[str, int] = {}  # name -> size in bytes
+        self.dirs: set[str] = set()  # every folder, explicit or implied by a file
+
+    def _add(self, name: str, size: int) -> None:
+        if _hidden(name):
+            return
+        self.files[name] = size
+        parent = PurePosixPath(name).parent
+        while str(parent) != ".":
+            self.dirs.add(str(parent))
+            parent = parent.parent
+
+    def read(self, name: str) -> bytes:
+        """The bytes of member ``name``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the archive's file handle (folders hold none)."""
+
+    def __enter__(self) -> "FileTree":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DirTree(FileTree):
+    """A folder on disk; links are followed (it is the user's own folder)."""
+
+    def __init__(self, where: str | Path) -> None:
+        super().__init__(where)
+        for folder, dirnames, filenames in os.walk(self.where, followlinks=True):
+            dirnames.sort()
+            rel = Path(folder).relative_to(self.where).as_posix()
+            if rel != "." and not _hidden(rel):
+                self.dirs.add(rel)
+            for file in sorted(filenames):
+                path = Path(folder) / file
+                if path.is_file():
+                    self._add(path.relative_to(self.where).as_posix(), path.stat().st_size)
+
+    def read(self, name: str) -> bytes:
+        return (self.where / name).read_bytes()
+
+
+class ZipTree(FileTree):
+    """A zip archive read in place."""
+
+    def __init__(self, where: str | Path) -> None:
+        super().__init__(where)
+        try:
+            self._zip = zipfile.ZipFile(self.where)
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"{self.where}: not a readable zip archive ({exc})") from None
+        for info in self._zip.infolist():
+            name = safe_name(self.where, info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise _refuse_link(self.where, info.filename, "symbolic link")
+            if info.is_dir():
+                if not _hidden(name) and name != ".":
+                    self.dirs.add(name)
+            else:
+                self._add(name, info.file_size)
+        self._names = {safe_name(self.where, i.filename): i for i in self._zip.infolist()}
+
+    def read(self, name: str) -> bytes:
+        return self._zip.read(self._names[name])
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class TarTree(FileTree):
+    """A tar archive (any compression) read in place, members in storage order."""
+
+    def __init__(self, where: str | Path) -> None:
+        super().__init__(where)
+        try:
+            self._tar = tarfile.open(self.where, "r:*")
+            members = self._tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ValueError(f"{self.where}: not a readable tar archive ({exc})") from None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        for member in members:
+            name = safe_name(self.where, member.name)
+            if member.issym() or member.islnk():
+                raise _refuse_link(self.where, member.name, "symbolic link" if member.issym() else "hard link")
+            if member.isdir():
+                if not _hidden(name) and name != ".":
+                    self.dirs.add(name)
+            elif member.isfile():
+                self._add(name, member.size)
+                self._members[name] = member
+            else:
+                raise _refuse_link(self.where, member.name, "device or pipe")
+
+    def read(self, name: str) -> bytes:
+        handle = self._tar.extractfile(self._members[name])
+        return handle.read() if handle else b""
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+def open_tree(path: str | Path) -> FileTree:
+    """A folder, zip or tar as a ``FileTree``; archives are fully checked first."""
+    path = Path(path)
+    if path.is_dir():
+        return DirTree(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if zipfile.is_zipfile(path):
+        return ZipTree(path)
+    if is_archive(path) or tarfile.is_tarfile(path):
+        return TarTree(path)
+    raise ValueError(f"{path}: not a folder, a zip or a tar archive")
