@@ -6,11 +6,12 @@ from pathlib import Path
 
 from foldwise.cli import run_stage
 from foldwise.crossval import explain_choice, run_crossval
-from foldwise.data import load_split
-from foldwise.engine import choose_device, to_inputs
+from foldwise.engine import choose_device
+from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params
+from foldwise.prepare import CLASSES
 
 
 def main() -> None:
@@ -24,9 +25,10 @@ def main() -> None:
     p = load_params()
     remove_outputs(args.history, args.folds, args.summary)
     device = choose_device()
-    train = load_split(args.prepared, "train")
-    x = to_inputs(train.images, json.loads(Path(args.stats).read_text()), device)
-    result = run_crossval(x, train.labels.to(device), len(train.classes), p, ConsoleMonitor())
+    stats = json.loads(Path(args.stats).read_text())
+    train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
+    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    result = run_crossval(train, len(classes), p, ConsoleMonitor())
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))
     write_json(args.summary, {**result.summary, "device": device.type})

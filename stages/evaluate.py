@@ -1,13 +1,16 @@
 """DVC stage: test-set metrics of the final model, and confusion data for `dvc plots`."""
 
 import argparse
+import json
+from pathlib import Path
 
 from foldwise.cli import run_stage
-from foldwise.data import load_split
 from foldwise.engine import choose_device
 from foldwise.final import evaluate_on, load_checkpoint
+from foldwise.loaders import open_split
 from foldwise.outputs import remove_outputs, write_csv, write_json
-from foldwise.params import parse_params
+from foldwise.params import load_params, parse_params
+from foldwise.prepare import CLASSES
 from foldwise.reports import provenance
 
 
@@ -21,8 +24,11 @@ def main() -> None:
     remove_outputs(args.metrics, args.predictions)
     device = choose_device()
     model, checkpoint = load_checkpoint(args.model, device)
-    metrics, predictions = evaluate_on(model, checkpoint, load_split(args.prepared, "test"), device)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
+    budget = load_params().memory_budget_mb  # a machine setting: today's, not the one trained with
+    test = open_split(args.prepared, "test", checkpoint["stats"], device, budget)
+    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    metrics, predictions = evaluate_on(model, checkpoint, test, classes)
     write_csv(args.predictions, predictions)
     write_json(args.metrics, {"test": metrics, "provenance": {
         **provenance(p, checkpoint["variant"], device), "test_images": len(predictions)}})

@@ -1,9 +1,9 @@
-"""DVC stage: per-channel mean/std of the TRAIN split into a small JSON."""
+"""DVC stage: per-channel mean/std of the TRAIN split into a small JSON (streamed: any dataset size)."""
 
 import argparse
 
 from foldwise.cli import run_stage
-from foldwise.data import load_split
+from foldwise.loaders import split_files, uint8_chunks
 from foldwise.outputs import write_json
 from foldwise.stats import compute_stats
 
@@ -13,7 +13,8 @@ def main() -> None:
     parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
     parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
     args = parser.parse_args()
-    stats = compute_stats(load_split(args.prepared, "train").images)
+    files, _ = split_files(args.prepared, "train")
+    stats = compute_stats(uint8_chunks(files))
     write_json(args.out, stats)
     print(stats)
 

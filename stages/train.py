@@ -7,12 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from foldwise.cli import run_stage
-from foldwise.data import load_split
 from foldwise.engine import choose_device
 from foldwise.final import resolve_variant, save_checkpoint, train_final
+from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params
+from foldwise.prepare import CLASSES
 
 
 def main() -> None:
@@ -29,14 +30,15 @@ def main() -> None:
     variant, source = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
     device = choose_device()
-    train, valid = load_split(args.prepared, "train"), load_split(args.prepared, "valid")
-    model, result = train_final(train, valid, stats, p, variant, device, ConsoleMonitor())
+    train, valid = (open_split(args.prepared, s, stats, device, p.memory_budget_mb) for s in ("train", "valid"))
+    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor())
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))
     write_json(args.summary, {"variant": variant, "variant_source": source, "best_epoch": result.best_epoch,
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
     # Written last: a model file present means the stage finished.
-    save_checkpoint(args.model, model, p, variant, train.classes, stats, tuple(train.images.shape[1:]))
+    save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)
     print(f"variant {variant} ({source}): best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")
 
 

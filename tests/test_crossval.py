@@ -50,7 +50,7 @@ def test_ties_go_to_the_first_variant_in_params_order():
 
 def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, tiny_stats, tiny_params):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    result = run_crossval(x, tiny_set.labels, 3, tiny_params)
+    result = run_crossval((x, tiny_set.labels), 3, tiny_params)
     p = tiny_params
     assert len(result.folds) == len(p.variants) * p.k_folds
     assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
@@ -58,7 +58,7 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     assert result.summary["chosen"] in p.variants and result.summary["k_folds"] == 2
     # same initial weights and folds: a variant identical to baseline gives identical scores
     twin = dataclasses.replace(p, variants={"baseline": {}, "twin": {}})
-    again = run_crossval(x, tiny_set.labels, 3, twin)
+    again = run_crossval((x, tiny_set.labels), 3, twin)
     by_variant = again.folds.set_index(["variant", "fold"])["final_valid_acc"]
     assert list(by_variant["baseline"]) == list(by_variant["twin"])
     assert list(by_variant["baseline"]) == list(result.folds.set_index(["variant", "fold"]).loc["baseline"]["final_valid_acc"])

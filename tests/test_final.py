@@ -3,13 +3,13 @@ import dataclasses
 import pytest
 import torch
 
-from foldwise.data import ImageSet
-from foldwise.engine import predict, to_inputs
+from foldwise.engine import Preloaded, predict, to_inputs
 from foldwise.final import evaluate_on, load_checkpoint, resolve_variant, save_checkpoint, train_final
 
 
-def split(tiny_set):
-    part = lambda s: ImageSet(tiny_set.images[s], tiny_set.labels[s], tiny_set.classes)
+def split(tiny_set, stats):
+    """Train and valid batch sources, preloaded on the CPU."""
+    part = lambda s: Preloaded(to_inputs(tiny_set.images[s], stats, torch.device("cpu")), tiny_set.labels[s])
     return part(slice(0, 60)), part(slice(60, 90))
 
 
@@ -22,28 +22,25 @@ def test_resolve_variant(tiny_params):
 
 
 def test_train_save_load_evaluate(tmp_path, tiny_set, tiny_stats, tiny_params):
-    train, valid = split(tiny_set)
+    train, valid = split(tiny_set, tiny_stats)
     cpu = torch.device("cpu")
-    model, result = train_final(train, valid, tiny_stats, tiny_params, "dropout", cpu)
+    model, result = train_final(train, valid, 3, tiny_params, "dropout")
     assert len(result.history) == tiny_params.epochs and result.history[0]["variant"] == "dropout"
-    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "dropout", train.classes, tiny_stats, (1, 12, 12))
+    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "dropout", tiny_set.classes, tiny_stats, (1, 12, 12))
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", cpu)
     assert checkpoint["variant"] == "dropout" and checkpoint["params"]["dropout"] == 0.3
-    x = to_inputs(valid.images, tiny_stats, cpu)
-    assert torch.equal(predict(model, x), predict(loaded, x))
-    metrics, rows = evaluate_on(loaded, checkpoint, valid, cpu)
+    assert torch.equal(predict(model, valid), predict(loaded, valid))
+    metrics, rows = evaluate_on(loaded, checkpoint, valid, tiny_set.classes)
     assert metrics["accuracy"] == pytest.approx(max(r["valid_acc"] for r in result.history))
     assert list(rows.columns) == ["actual", "predicted"] and len(rows) == 30
-    assert set(rows["actual"]) <= set(train.classes)
-    assert list(metrics["per_class"]) == train.classes
+    assert set(rows["actual"]) <= set(tiny_set.classes)
+    assert list(metrics["per_class"]) == tiny_set.classes
 
 
 def test_evaluate_rejects_other_classes(tmp_path, tiny_set, tiny_stats, tiny_params):
-    train, valid = split(tiny_set)
-    model, _ = train_final(train, valid, tiny_stats, dataclasses.replace(tiny_params, epochs=1), "baseline",
-                           torch.device("cpu"))
-    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "baseline", train.classes, tiny_stats, (1, 12, 12))
+    train, valid = split(tiny_set, tiny_stats)
+    model, _ = train_final(train, valid, 3, dataclasses.replace(tiny_params, epochs=1), "baseline")
+    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
-    other = ImageSet(valid.images, valid.labels, ["a", "b", "c"])
     with pytest.raises(ValueError, match="differ from the model's"):
-        evaluate_on(loaded, checkpoint, other, torch.device("cpu"))
+        evaluate_on(loaded, checkpoint, valid, ["a", "b", "c"])

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.model_selection import StratifiedKFold
 
-from foldwise.engine import fit, seed_everything
+from foldwise.engine import as_batches, fit, seed_everything
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
 from foldwise.params import Params
@@ -85,10 +84,11 @@ def explain_choice(summary: dict[str, Any]) -> str:
     return line
 
 
-def run_crossval(x: torch.Tensor, y: torch.Tensor, num_classes: int, p: Params,
-                 monitor: Monitor | None = None) -> CVResult:
-    """Train every variant on every fold of (x, y); x is normalised and on the device."""
-    folds = make_folds(y.cpu().numpy(), p.k_folds, p.seed)
+def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None = None) -> CVResult:
+    """Train every variant on every fold of ``data`` (a batch source, or normalised (x, y) on the device)."""
+    data = as_batches(data)
+    device = data.labels.device
+    folds = make_folds(data.labels.cpu().numpy(), p.k_folds, p.seed)
     history: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for variant in p.variants:
@@ -96,11 +96,9 @@ def run_crossval(x: torch.Tensor, y: torch.Tensor, num_classes: int, p: Params,
         for fold, (train_idx, valid_idx) in enumerate(folds):
             seed = p.seed + fold  # same start for every variant on this fold
             seed_everything(seed)
-            model = build_model(tuple(x.shape[1:]), num_classes, vp).to(x.device)
-            tr = torch.as_tensor(train_idx, device=x.device)
-            va = torch.as_tensor(valid_idx, device=x.device)
+            model = build_model(data.shape, num_classes, vp).to(device)
             started = time.perf_counter()
-            result = fit(model, (x[tr], y[tr]), (x[va], y[va]), vp, seed, monitor,
+            result = fit(model, data.subset(train_idx), data.subset(valid_idx), vp, seed, monitor,
                          tags={"variant": variant, "fold": fold})
             last = result.history[-1]
             best = result.history[result.best_epoch - 1]

@@ -1,8 +1,8 @@
 """Explicit PyTorch training: device choice, one epoch, evaluation, fit.
 
-Batches are sliced from tensors already normalised and on the training
-device; the shuffling order comes from a CPU generator, so it is the same on
-CPU and GPU. Loss and accuracy are accumulated on the device and read back
+Batches come from a batch source (``loaders``: preloaded on the device or
+streamed from disk); the shuffling order comes from a CPU generator, so it is
+the same on CPU and GPU and for both sources. Loss and accuracy are accumulated on the device and read back
 once per epoch (no per-batch host sync).
 """
 
@@ -12,7 +12,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -89,49 +89,87 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
-def train_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    p: Params, generator: torch.Generator, scheduler: Any = None) -> tuple[float, float]:
-    """One pass over (x, y) in shuffled batches; returns mean cross-entropy and accuracy.
+class Preloaded:
+    """A batch source: images already normalised in one tensor on the device, labels there too."""
 
-    The reported loss is the data term only, so runs with and without L1 compare.
-    A trailing batch of one image is skipped: BatchNorm cannot train on it.
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        self.x, self.labels = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def subset(self, idx: np.ndarray) -> "Preloaded":
+        index = torch.as_tensor(idx, device=self.x.device)
+        return Preloaded(self.x[index], None if self.labels is None else self.labels[index])
+
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        for idx in order.to(self.x.device).split(size):
+            yield self.x[idx], None if self.labels is None else self.labels[idx]
+
+
+def as_batches(data: Any) -> Any:
+    """A batch source: ``Preloaded``/``loaders.Streamed`` as they are; an (x, y) pair or x wrapped."""
+    if isinstance(data, torch.Tensor):
+        return Preloaded(data)
+    if isinstance(data, tuple):
+        return Preloaded(*data)
+    return data
+
+
+def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
+                    p: Params, generator: torch.Generator, scheduler: Any = None) -> tuple[float, float]:
+    """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
+
+    ``data`` is a batch source (see ``as_batches``); the shuffling order is
+    drawn here from a CPU generator, so every source and device sees the same
+    batches. The reported loss is the data term only, so runs with and
+    without L1 compare. A trailing batch of one image is dropped: BatchNorm
+    cannot train on it.
     """
     model.train()
-    n = len(y)
-    order = torch.randperm(n, generator=generator).to(x.device)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    data = as_batches(data)
+    n = len(data)
+    order = torch.randperm(n, generator=generator)
+    if n > 1 and n % p.batch_size == 1:
+        order = order[:-1]
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    for start in range(0, n, p.batch_size):
-        idx = order[start : start + p.batch_size]
-        if len(idx) < 2 and seen:
-            break
-        logits = model(x[idx])
-        data_loss = F.cross_entropy(logits, y[idx])
+    for x, y in data.batches(order, p.batch_size):
+        logits = model(x)
+        data_loss = F.cross_entropy(logits, y)
         loss = data_loss + p.l1 * l1_penalty(model) if p.l1 > 0 else data_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += data_loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == y[idx]).sum()
-        seen += len(idx)
+        loss_sum += data_loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
     return loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits for every row of ``x``, in eval mode, in large batches."""
+def predict(model: nn.Module, data: Any) -> torch.Tensor:
+    """Logits for every image of ``data`` (a batch source or a tensor), in eval mode, in large batches."""
     model.eval()
-    return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    data = as_batches(data)
+    return torch.cat([model(x) for x, _ in data.batches(torch.arange(len(data)), EVAL_BATCH)])
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
-    logits = predict(model, x)
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
+def evaluate(model: nn.Module, data: Any, y: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (or on tensors ``data``, ``y``)."""
+    data = as_batches((data, y) if y is not None else data)
+    logits = predict(model, data)
+    labels = data.labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
     return loss, acc
 
 
@@ -144,8 +182,8 @@ class FitResult:
     best_epoch: int = 0
 
 
-def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
-        p: Params, seed: int, monitor: Monitor | None = None, tags: dict[str, Any] | None = None) -> FitResult:
+def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor: Monitor | None = None,
+        tags: dict[str, Any] | None = None) -> FitResult:
     """Train for ``p.epochs``, validating after each; keep the best epoch's weights.
 
     ``tags`` (e.g. variant, fold) are copied into every history row so rows
@@ -155,7 +193,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple
     tags = tags or {}
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, p)
-    steps = max(1, -(-len(train[1]) // p.batch_size))
+    train, valid = as_batches(train), as_batches(valid)
+    steps = max(1, -(-len(train) // p.batch_size))
     scheduler, when = make_scheduler(optimizer, p, steps)
     result = FitResult()
     best_acc = -1.0
@@ -163,8 +202,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], valid: tuple
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(
-            model, *train, optimizer, p, generator, scheduler if when == "batch" else None)
-        valid_loss, valid_acc = evaluate(model, *valid)
+            model, train, optimizer, p, generator, scheduler if when == "batch" else None)
+        valid_loss, valid_acc = evaluate(model, valid)
         if when == "epoch":
             scheduler.step()
         elif when == "valid_loss":

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foldwise.data import ImageSet
-from foldwise.engine import FitResult, fit, predict, seed_everything, to_inputs
+from foldwise.engine import FitResult, as_batches, fit, predict, seed_everything
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
 from foldwise.outputs import atomic_file
@@ -32,15 +31,17 @@ def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str]:
     return chosen, "crossval"
 
 
-def train_final(train: ImageSet, valid: ImageSet, stats: dict[str, Any], p: Params, variant: str,
-                device: torch.device, monitor: Monitor | None = None) -> tuple[nn.Module, FitResult]:
-    """Train ``variant`` on train, validating on valid each epoch; return the best epoch's model."""
+def train_final(train: Any, valid: Any, num_classes: int, p: Params, variant: str,
+                monitor: Monitor | None = None) -> tuple[nn.Module, FitResult]:
+    """Train ``variant`` on train, validating on valid each epoch; return the best epoch's model.
+
+    ``train`` and ``valid`` are batch sources (``loaders.open_split``) on the training device.
+    """
     vp = p.for_variant(variant)
+    train, valid = as_batches(train), as_batches(valid)
     seed_everything(p.seed)
-    model = build_model(tuple(train.images.shape[1:]), len(train.classes), vp).to(device)
-    result = fit(model, (to_inputs(train.images, stats, device), train.labels.to(device)),
-                 (to_inputs(valid.images, stats, device), valid.labels.to(device)),
-                 vp, p.seed, monitor, tags={"variant": variant})
+    model = build_model(train.shape, num_classes, vp).to(train.labels.device)
+    result = fit(model, train, valid, vp, p.seed, monitor, tags={"variant": variant})
     model.load_state_dict(result.best_state)
     return model, result
 
@@ -63,16 +64,21 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     return model.to(device).eval(), checkpoint
 
 
-def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: ImageSet,
-                device: torch.device) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Test metrics, and one (actual, predicted) row per image for the confusion plot."""
-    if test.classes != checkpoint["classes"]:
-        raise ValueError(f"test classes {test.classes} differ from the model's {checkpoint['classes']}")
-    logits = predict(model, to_inputs(test.images, checkpoint["stats"], device))
-    loss = F.cross_entropy(logits, test.labels.to(device)).item()
+def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: Any,
+                classes: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Test metrics, and one (actual, predicted) row per image for the confusion plot.
+
+    ``test`` is a batch source normalised with the checkpoint's stats.
+    """
+    if classes != checkpoint["classes"]:
+        raise ValueError(f"test classes {classes} differ from the model's {checkpoint['classes']}")
+    test = as_batches(test)
+    logits = predict(model, test)
+    labels = test.labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
     predicted = logits.argmax(1).cpu().numpy()
-    actual = test.labels.numpy()
-    metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, test.classes)}
-    names = pd.Series(test.classes)
+    actual = labels.cpu().numpy()
+    metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, classes)}
+    names = pd.Series(classes)
     rows = pd.DataFrame({"actual": names[actual].to_numpy(), "predicted": names[predicted].to_numpy()})
     return metrics, rows
