@@ -21,3 +21,21 @@ def test_rejects_empty_or_wrong_rank():
         compute_stats(torch.zeros(0, 1, 2, 2, dtype=torch.uint8))
     with pytest.raises(ValueError):
         compute_stats(torch.zeros(4, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_streamed_from_prepared_files_equals_the_in_memory_reference(tmp_path, channels):
+    """normalize's path: PNG files read back in chunks by DataLoader workers."""
+    from foldwise.loaders import split_files, uint8_chunks
+    from foldwise.prepare import prepare
+    from tests.conftest import CLASSES, make_images
+
+    data = make_images(60, channels=channels, seed=3)
+    prepare({"train": data, "test": data}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
+    files, _ = split_files(tmp_path, "train")
+    streamed = compute_stats(uint8_chunks(files, pixels=7 * 144 * channels, workers=2))  # chunks of 7
+    ref = np.stack([files[i][0].numpy() for i in range(len(files))]).astype(np.float64) / 255  # N x C x H x W
+    ref = ref.transpose(0, 2, 3, 1)
+    assert ref.shape == (45, 12, 12, channels)
+    np.testing.assert_allclose(streamed["mean"], ref.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(streamed["std"], ref.std(axis=(0, 1, 2)), rtol=1e-9)

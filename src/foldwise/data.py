@@ -44,7 +44,7 @@ def read_manifest(prepared_dir: str | Path) -> pd.DataFrame:
 
 def _decode(path: Path) -> np.ndarray:
     with Image.open(path) as im:
-        array = np.asarray(im)
+        array = np.array(im)  # writable: torch.from_numpy warns on read-only arrays
     return array[..., None] if array.ndim == 2 else array
 
 

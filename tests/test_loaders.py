@@ -1,0 +1,68 @@
+"""Preloaded and streamed splits give the same batches, hence the same training, for the same seed."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from foldwise.engine import Preloaded, fit, seed_everything
+from foldwise.loaders import Streamed, default_workers, open_split, split_files
+from foldwise.models import build_model
+from foldwise.prepare import prepare
+from tests.conftest import CLASSES, make_images
+
+CPU = torch.device("cpu")
+STATS = {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    data = make_images(150, channels=3, seed=4)
+    prepare({"train": data, "test": make_images(30, channels=3, seed=5)}, tuple(CLASSES), tmp_path, 30, 0, seed=0)
+    return tmp_path
+
+
+def test_budget_decides_preload_or_stream(prepared):
+    assert isinstance(open_split(prepared, "train", STATS, CPU, memory_budget_mb=1), Preloaded)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=0)  # 0 MB: nothing fits
+    assert isinstance(streamed, Streamed) and streamed.shape == (3, 12, 12) and len(streamed) == 120
+
+
+def test_same_batches_in_the_same_order(prepared):
+    preloaded = open_split(prepared, "train", STATS, CPU, memory_budget_mb=1)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=2)
+    order = torch.randperm(len(preloaded), generator=torch.Generator().manual_seed(7))
+    pairs = list(zip(preloaded.batches(order, 32), streamed.batches(order, 32), strict=True))
+    assert len(pairs) == 4
+    for (xa, ya), (xb, yb) in pairs:
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    idx = np.array([5, 0, 77])
+    (xa, _), = preloaded.subset(idx).batches(torch.arange(3), 8)
+    (xb, _), = streamed.subset(idx).batches(torch.arange(3), 8)
+    assert torch.equal(xa, xb)
+
+
+def test_training_is_identical_on_both_paths(prepared, tiny_params):
+    p = dataclasses.replace(tiny_params, epochs=2, batch_size=16)
+    histories = []
+    for budget in (1, 0):
+        train = open_split(prepared, "train", STATS, CPU, budget, workers=0)
+        valid = open_split(prepared, "valid", STATS, CPU, budget, workers=0)
+        seed_everything(3)
+        result = fit(build_model((3, 12, 12), 3, p), train, valid, p, seed=3)
+        histories.append([{k: v for k, v in row.items() if k != "seconds"} for row in result.history])
+    assert histories[0] == histories[1]
+
+
+def test_split_files_lists_without_decoding(prepared):
+    files, classes = split_files(prepared, "test")
+    assert len(files) == 30 and classes == CLASSES and files[0][0].dtype == torch.uint8
+
+
+def test_workers_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FOLDWISE_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("FOLDWISE_WORKERS", "many")
+    with pytest.raises(ValueError, match="FOLDWISE_WORKERS='many' is not valid"):
+        default_workers()
