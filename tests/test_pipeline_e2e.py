@@ -88,6 +88,38 @@ def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
     assert metrics["test"]["accuracy"] > 0.8 and list(metrics["test"]["per_class"]) == list("0123456789")
 
 
+def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
+    """dataset: folder through real DVC: DVC notices new images in data/own; a data_path zip replaces them."""
+    from tests.conftest import jpeg_bytes, write_zip
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    make_clone(repo)
+    for c, brightness in (("dark", 40), ("light", 210)):
+        (repo / "data/own" / c).mkdir(parents=True)
+        for i in range(24):
+            (repo / "data/own" / c / f"{i}.jpg").write_bytes(jpeg_bytes(brightness, size=(24, 18), seed=i))
+    (repo / "data/own/dark/broken.jpg").write_bytes(b"")
+    set_params(repo / "params.yaml", {"dataset": "folder", "image_size": "12", "valid_size": "0.2",
+                                      "batch_size": "16", "epochs": "3", "k_folds": "2", "model": "softmax"})
+    assert run(repo, "git", "status", "--porcelain", "data/own").stdout == ""  # images stay out of git
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    assert '"empty file": 1' in out  # prepare's report, printed
+    report = json.loads((repo / "data/prepared/report.json").read_text())
+    assert report["shape"] == [3, 12, 12] and sum(report["images"].values()) == 48
+    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] == 1.0
+
+    (repo / "data/own/light/24.jpg").write_bytes(jpeg_bytes(210, size=(24, 18), seed=24))
+    assert "download" in ran_stages(run(repo, "dvc", "repro").stdout)  # an added image is noticed
+
+    write_zip(tmp_path / "elsewhere.zip", {f"shots/{c}/{i}.jpg": jpeg_bytes(v, size=(20, 20), seed=i)
+                                           for c, v in (("night", 30), ("day", 220)) for i in range(20)})
+    out = run(repo, "dvc", "exp", "run", "-S", f"data_path={tmp_path / 'elsewhere.zip'}").stdout
+    assert "download" in ran_stages(out)
+    assert json.loads((repo / "data/prepared/classes.json").read_text()) == ["day", "night"]
+
+
 def test_repro_runs_the_whole_pipeline(repo):
     out = run(repo, "dvc", "repro").stdout
     assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
