@@ -18,13 +18,14 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import pickle
-import tarfile
+import io
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
 
+from foldwise.archives import open_tree
 from foldwise.labelled import USER_FOLDER, FileImages, RawData, read_dogs_vs_cats, read_folder
 
 __all__ = ["SOURCES", "USER_FOLDER", "FileImages", "RawData", "Source", "get_source", "load_raw"]
@@ -109,17 +110,17 @@ CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["te
 
 
 def _read_cifar10(folder: Path) -> Splits:
-    """CIFAR-10's python batches, read straight from the tar.gz (nothing extracted to disk)."""
+    """CIFAR-10's python batches, read straight from the tar.gz (nothing extracted; links refused)."""
     archive = folder / "cifar-10-python.tar.gz"
     splits: Splits = {}
-    with tarfile.open(archive, "r:gz") as tar:
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+    with open_tree(archive) as tar:
+        members = {PurePosixPath(m).name: m for m in tar.files}
         for split, names in CIFAR_BATCHES.items():
             images, labels = [], []
             for name in names:
                 if name not in members:
                     raise ValueError(f"{archive}: no member named {name}; is this the python version?")
-                batch = _ArrayUnpickler(tar.extractfile(members[name]), encoding="bytes").load()
+                batch = _ArrayUnpickler(io.BytesIO(tar.read(members[name])), encoding="bytes").load()
                 data = np.asarray(batch[b"data"], dtype=np.uint8)
                 images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
