@@ -65,14 +65,15 @@ def one_epoch(prepared: str, budget_mb: int, workers: int) -> dict:
     import torch
 
     from foldwise.engine import make_optimizer, train_one_epoch
-    from foldwise.loaders import open_split, split_files, uint8_chunks
+    from foldwise.data import read_classes, split_files
+    from foldwise.loaders import open_split, uint8_chunks
     from foldwise.models import build_model
     from foldwise.params import load_params
     from foldwise.stats import compute_stats
 
     torch.set_num_threads(2)
     p = load_params(ROOT / "params.yaml")
-    files, classes = split_files(prepared, "train")
+    files, classes = split_files(prepared, "train"), read_classes(prepared)
     stats = compute_stats(uint8_chunks(files, workers=workers))
     started = time.perf_counter()
     data = open_split(prepared, "train", stats, torch.device("cpu"), budget_mb, workers)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from foldwise.cli import run_stage
 from foldwise.crossval import explain_choice, run_crossval
+from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params
-from foldwise.prepare import CLASSES
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     device = choose_device()
     stats = json.loads(Path(args.stats).read_text())
     train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
-    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    classes = read_classes(args.prepared)
     result = run_crossval(train, len(classes), p, ConsoleMonitor())
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))

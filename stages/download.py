@@ -6,7 +6,6 @@ instead, so DVC versions exactly what was trained on.
 
 import argparse
 import os
-from pathlib import Path
 
 from foldwise.cli import run_stage
 from foldwise.datasets import get_source

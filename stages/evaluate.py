@@ -1,16 +1,14 @@
 """DVC stage: test-set metrics of the final model, and confusion data for `dvc plots`."""
 
 import argparse
-import json
-from pathlib import Path
 
 from foldwise.cli import run_stage
+from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.final import evaluate_on, load_checkpoint
 from foldwise.loaders import open_split
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params, parse_params
-from foldwise.prepare import CLASSES
 from foldwise.reports import provenance
 
 
@@ -27,7 +25,7 @@ def main() -> None:
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
     budget = load_params().memory_budget_mb  # a machine setting: today's, not the one trained with
     test = open_split(args.prepared, "test", checkpoint["stats"], device, budget)
-    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    classes = read_classes(args.prepared)
     metrics, predictions = evaluate_on(model, checkpoint, test, classes)
     write_csv(args.predictions, predictions)
     write_json(args.metrics, {"test": metrics, "provenance": {

@@ -3,7 +3,8 @@
 import argparse
 
 from foldwise.cli import run_stage
-from foldwise.loaders import split_files, uint8_chunks
+from foldwise.data import split_files
+from foldwise.loaders import uint8_chunks
 from foldwise.outputs import write_json
 from foldwise.stats import compute_stats
 
@@ -13,7 +14,7 @@ def main() -> None:
     parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
     parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
     args = parser.parse_args()
-    files, _ = split_files(args.prepared, "train")
+    files = split_files(args.prepared, "train")
     stats = compute_stats(uint8_chunks(files))
     write_json(args.out, stats)
     print(stats)

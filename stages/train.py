@@ -7,13 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from foldwise.cli import run_stage
+from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.final import resolve_variant, save_checkpoint, train_final
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params
-from foldwise.prepare import CLASSES
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     stats = json.loads(Path(args.stats).read_text())
     device = choose_device()
     train, valid = (open_split(args.prepared, s, stats, device, p.memory_budget_mb) for s in ("train", "valid"))
-    classes = json.loads((Path(args.prepared) / CLASSES).read_text())
+    classes = read_classes(args.prepared)
     model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor())
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))

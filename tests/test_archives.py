@@ -90,7 +90,6 @@ def test_download_stage_refuses_a_malicious_archive_and_writes_nothing_outside_d
     assert done.returncode == 1
     assert "refusing the archive: member 'cats/escape' is a symbolic link" in done.stderr
     assert {p for p in tmp_path.rglob("*")} == before  # not even data/raw
-    assert not Path("/etc/passwd.jpg").exists()
 
 
 def test_trees_list_the_same_files_from_a_folder_a_zip_and_a_tar(tmp_path):

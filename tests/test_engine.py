@@ -56,7 +56,7 @@ def test_fit_keeps_the_best_epochs_weights(tiny_set, tiny_stats, tiny_params):
     accs = [r["valid_acc"] for r in result.history]
     assert result.best_epoch == accs.index(max(accs)) + 1
     model.load_state_dict(result.best_state)
-    assert evaluate(model, *valid)[1] == pytest.approx(max(accs))
+    assert evaluate(model, valid)[1] == pytest.approx(max(accs))
 
 
 def test_weight_decay_and_momentum_reach_the_optimiser(tiny_params):

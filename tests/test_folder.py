@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,5 +142,5 @@ def test_stage_errors_are_one_paragraph_that_says_what_to_do(tmp_path, params, e
     done = stage(tmp_path, "download", params)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
-    assert __import__("re").search(expected, done.stderr), done.stderr
+    assert re.search(expected, done.stderr), done.stderr
     assert not (tmp_path / "data" / "raw").exists()

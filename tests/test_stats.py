@@ -26,13 +26,14 @@ def test_rejects_empty_or_wrong_rank():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_streamed_from_prepared_files_equals_the_in_memory_reference(tmp_path, channels):
     """normalize's path: PNG files read back in chunks by DataLoader workers."""
-    from foldwise.loaders import split_files, uint8_chunks
+    from foldwise.data import split_files
+    from foldwise.loaders import uint8_chunks
     from foldwise.prepare import prepare
     from tests.conftest import CLASSES, make_images
 
     data = make_images(60, channels=channels, seed=3)
     prepare({"train": data, "test": data}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
-    files, _ = split_files(tmp_path, "train")
+    files = split_files(tmp_path, "train")
     streamed = compute_stats(uint8_chunks(files, pixels=7 * 144 * channels, workers=2))  # chunks of 7
     ref = np.stack([files[i][0].numpy() for i in range(len(files))]).astype(np.float64) / 255  # N x C x H x W
     ref = ref.transpose(0, 2, 3, 1)

@@ -51,13 +51,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_inputs(images: torch.Tensor, stats: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 normalised with the train split's mean/std, on ``device``."""
-    mean = torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1, 1)
+def stats_tensors(stats: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split's per-channel mean and std as 1 x C x 1 x 1 float32 tensors on ``device``."""
+    mean = torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    std = torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return mean, std
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` on the device of ``mean``."""
     if mean.shape[1] != images.shape[1]:
         raise ValueError(f"stats have {mean.shape[1]} channels, images have {images.shape[1]}")
-    return ((images.to(device).float() / 255.0 - mean.to(device)) / std.to(device)).contiguous()
+    return ((images.to(mean.device).float() / 255.0 - mean) / std).contiguous()
+
+
+def to_inputs(images: torch.Tensor, stats: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 normalised with the train split's mean/std, on ``device``."""
+    return normalise(images, *stats_tensors(stats, device))
 
 
 def make_optimizer(model: nn.Module, p: Params) -> torch.optim.Optimizer:
@@ -163,9 +173,9 @@ def predict(model: nn.Module, data: Any) -> torch.Tensor:
     return torch.cat([model(x) for x, _ in data.batches(torch.arange(len(data)), EVAL_BATCH)])
 
 
-def evaluate(model: nn.Module, data: Any, y: torch.Tensor | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``data`` (or on tensors ``data``, ``y``)."""
-    data = as_batches((data, y) if y is not None else data)
+def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (a batch source or an (x, y) pair)."""
+    data = as_batches(data)
     logits = predict(model, data)
     labels = data.labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()

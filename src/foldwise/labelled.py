@@ -39,7 +39,6 @@ class RawData:
     classes: tuple[str, ...]
     splits: dict[str, tuple[np.ndarray, np.ndarray] | FileImages]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    empty_classes: list[str] = field(default_factory=list)  # class folders with no files
 
     def close(self) -> None:
         for split in self.splits.values():
@@ -123,15 +122,13 @@ def by_pattern(tree: FileTree, pattern: str | re.Pattern[str]) -> Listing:
 
 
 def by_csv(tree: FileTree, csv_name: str = CSV_NAME) -> Listing:
-    """Rows ``path,label`` of a CSV in the tree; paths are relative to the tree."""
-    text = tree.read(csv_name).decode("utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip().lower() for c in reader.fieldnames or []]
-    if not {"path", "label"} <= set(columns):
-        raise ValueError(f"{csv_name}: needs a header with columns path,label; it has {reader.fieldnames}")
+    """Rows of the ``path,label`` CSV the download stage wrote (it checked and normalised the user's)."""
+    reader = csv.DictReader(io.StringIO(tree.read(csv_name).decode("utf-8")))
+    if reader.fieldnames != ["path", "label"]:
+        raise ValueError(f"{csv_name}: expected the header path,label, found {reader.fieldnames}; "
+                         f"re-run the download stage (dvc repro --force download)")
     listing = Listing()
     for row in reader:
-        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
         path, label = row["path"], row["label"]
         if not label:
             listing.skipped.append((path, "no label in the CSV"))
@@ -144,8 +141,10 @@ def by_csv(tree: FileTree, csv_name: str = CSV_NAME) -> Listing:
 
 def _user_tree(folder: Path) -> FileTree:
     """The tree the download stage left: a copied folder, or one archive, or a CSV and its files."""
-    if (folder / USER_FOLDER).is_dir() or (folder / CSV_NAME).is_file():
-        return open_tree(folder / USER_FOLDER if (folder / USER_FOLDER).is_dir() else folder)
+    if (folder / CSV_NAME).is_file():
+        return open_tree(folder)  # labels.csv + files/
+    if (folder / USER_FOLDER).is_dir():
+        return open_tree(folder / USER_FOLDER)
     archives = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if len(archives) != 1:
         raise ValueError(f"{folder}: expected one archive or an {USER_FOLDER}/ folder, found {len(archives)} files; "
@@ -156,14 +155,14 @@ def _user_tree(folder: Path) -> FileTree:
 def _encode(tree: FileTree, listing: Listing, classes: tuple[str, ...]) -> RawData:
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[label] for label in listing.labels], dtype=np.int64)
-    empty = sorted(set(classes) - set(listing.labels))
-    return RawData(classes, {"train": FileImages(tree, listing.files, labels)}, listing.skipped, empty)
+    # A class with no files (an empty folder) stays in: prepare drops and reports every empty class.
+    return RawData(classes, {"train": FileImages(tree, listing.files, labels)}, listing.skipped)
 
 
 def read_folder(folder: Path, label_pattern: str = "") -> RawData:
     """Your images: ``<class>/`` folders, a flat folder named by ``label_pattern``, or a CSV."""
     tree = _user_tree(folder)
-    if CSV_NAME in tree.files and not (folder / USER_FOLDER).is_dir():
+    if (folder / CSV_NAME).is_file():
         listing = by_csv(tree)
     elif label_pattern:
         listing = by_pattern(tree, label_pattern)

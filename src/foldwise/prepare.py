@@ -98,14 +98,14 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
                  skipped: list[tuple[str, str]]) -> _Part:
     """Decode every file once into ``staging`` (skipping unusable ones); writing is then a rename."""
     staging.mkdir(parents=True, exist_ok=True)
-    kept, md5s, first = [], [], None
+    kept, md5s, first = [], [], None  # md5s[j] is of the image kept[j]
     for i, name in enumerate(files.names):
         try:
             pixels = decode(files.tree.read(name), channels or 3, size)
         except SkipImage as skip:
             skipped.append((name, skip.reason))
             continue
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:  # archive member damaged (CRC)
+        except (OSError, EOFError, zipfile.BadZipFile):  # archive member damaged (CRC)
             skipped.append((name, "corrupt"))
             continue
         if first is None:
@@ -119,11 +119,9 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
         _save_png(pixels, staging / f"{i}.png")
         kept.append(i)
         md5s.append(_md5(pixels))
-    md5_of = dict(zip(kept, md5s))
-
     def write(j: int, dest: Path) -> str:
         os.replace(staging / f"{kept[j]}.png", dest)
-        return md5_of[kept[j]]
+        return md5s[j]
 
     return _Part(files.labels[kept], [files.names[i] for i in kept], write)
 
@@ -183,7 +181,6 @@ def prepare(
         else:
             parts[split] = _array_part(split, *content, channels, image_size)
     classes, empty = _drop_empty_classes(parts, raw.classes)
-    empty = sorted(set(empty) | set(raw.empty_classes))
 
     train = parts["train"]
     if "test" in parts:
