@@ -4,14 +4,15 @@ import argparse
 import json
 from pathlib import Path
 
+from foldwise.checkpoints import Checkpoints, fingerprint
 from foldwise.cli import run_stage
-from foldwise.crossval import explain_choice, run_crossval
+from foldwise.crossval import cv_table, explain_choice, run_crossval
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
-from foldwise.outputs import remove_outputs, write_csv, write_json
-from foldwise.params import load_params
+from foldwise.outputs import remove_outputs, write_csv, write_json, write_text
+from foldwise.params import UNTRACKED, load_params
 
 
 def main() -> None:
@@ -21,17 +22,23 @@ def main() -> None:
     parser.add_argument("--history", required=True, help="CSV: one row per variant, fold and epoch")
     parser.add_argument("--folds", required=True, help="CSV: one row per variant and fold")
     parser.add_argument("--summary", required=True, help="JSON metrics: mean/std per variant, chosen variant")
+    parser.add_argument("--table", required=True, help="Markdown: the CV table, the choice and why")
     args = parser.parse_args()
     p = load_params()
-    remove_outputs(args.history, args.folds, args.summary)
+    remove_outputs(args.history, args.folds, args.summary, args.table)
     device = choose_device()
     stats = json.loads(Path(args.stats).read_text())
     train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
     classes = read_classes(args.prepared)
-    result = run_crossval(train, len(classes), p, ConsoleMonitor())
+    inputs = [Path(args.prepared) / "manifest.csv", args.stats]
+    config = {k: v for k, v in p.to_dict().items() if k not in UNTRACKED} | {"device": device.type}
+    checkpoints = Checkpoints("crossval", fingerprint(config, inputs))
+    result = run_crossval(train, len(classes), p, ConsoleMonitor(), checkpoints)
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))
     write_json(args.summary, {**result.summary, "device": device.type})
+    write_text(args.table, cv_table(result.summary))
+    checkpoints.clear()
     print(f"chosen {explain_choice(result.summary)}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from foldwise.checkpoints import Checkpoints, fingerprint
 from foldwise.cli import run_stage
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
@@ -13,7 +14,7 @@ from foldwise.final import resolve_variant, save_checkpoint, train_final
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
-from foldwise.params import load_params
+from foldwise.params import UNTRACKED, load_params
 
 
 def main() -> None:
@@ -27,18 +28,24 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params()
     remove_outputs(args.model, args.history, args.summary)
-    variant, source = resolve_variant(p, json.loads(Path(args.cv).read_text()))
+    variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
     device = choose_device()
     train, valid = (open_split(args.prepared, s, stats, device, p.memory_budget_mb) for s in ("train", "valid"))
     classes = read_classes(args.prepared)
-    model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor())
+    config = {k: v for k, v in p.for_variant(variant).to_dict().items() if k not in UNTRACKED}
+    checkpoints = Checkpoints("train", fingerprint(config | {"device": device.type},
+                                                   [Path(args.prepared) / "manifest.csv", args.stats]))
+    model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor(), checkpoints)
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))
-    write_json(args.summary, {"variant": variant, "variant_source": source, "best_epoch": result.best_epoch,
+    write_json(args.summary, {"variant": variant, "variant_source": source,
+                              "best_epoch": result.best_epoch, "epochs": len(result.history),
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
     # Written last: a model file present means the stage finished.
     save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)
+    checkpoints.clear()
+    print(f"variant {variant}: {reason}")
     print(f"variant {variant} ({source}): best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")
 
 

@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from foldwise.crossval import explain_choice, make_folds, run_crossval, summarize
+from scipy import stats
+
+from foldwise.checkpoints import Checkpoints
+from foldwise.crossval import cv_table, explain_choice, make_folds, paired_test, run_crossval, summarize
 from foldwise.engine import to_inputs
 
 
@@ -23,25 +26,44 @@ def test_folds_are_stratified_disjoint_and_seeded():
 
 
 def test_too_few_images_per_class_is_explained():
-    with pytest.raises(ValueError, match="k_folds=5 needs at least 5 training images per class; .* has 2"):
+    with pytest.raises(ValueError, match=r"k_folds: 5 is larger than the smallest class \(label 0: 2 training "
+                                         r"images\); valid: 2 to 2"):
         make_folds(np.array([0, 0, 1, 1, 1, 1, 1, 1]), 5, seed=0)
 
 
 def folds_table(scores: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame([
-        {"variant": v, "fold": f, "final_valid_acc": s, "final_valid_loss": 1 - s, "best_valid_acc": s}
+        {"variant": v, "fold": f, "final_valid_acc": s, "final_valid_loss": 1 - s, "best_valid_acc": s, "epochs": 3}
         for v, values in scores.items() for f, s in enumerate(values)
     ])
 
 
-def test_summary_mean_std_and_choice():
-    summary = summarize(folds_table({"baseline": [0.80, 0.82], "l2": [0.85, 0.87], "dropout": [0.70, 0.72]}))
-    assert summary["chosen"] == "l2"
-    assert summary["variants"]["l2"]["valid_acc_mean"] == pytest.approx(0.86)
-    assert summary["variants"]["l2"]["valid_acc_std"] == pytest.approx(np.std([0.85, 0.87], ddof=1), abs=1e-6)
+def test_summary_mean_std_ci_and_choice():
+    summary = summarize(folds_table({"baseline": [0.80, 0.82, 0.81], "l2": [0.85, 0.87, 0.83],
+                                     "dropout": [0.70, 0.72, 0.71]}))
+    assert summary["chosen"] == "l2" and summary["reference"] == "baseline"
+    l2 = summary["variants"]["l2"]
+    assert l2["valid_acc_mean"] == pytest.approx(0.85)
+    assert l2["valid_acc_std"] == pytest.approx(0.02, abs=1e-6)
+    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)  # 95% t interval over 3 folds
+    assert (l2["valid_acc_ci_low"], l2["valid_acc_ci_high"]) == pytest.approx((0.85 - half, 0.85 + half), abs=1e-6)
+    assert l2["diff_vs_baseline"] == pytest.approx(0.04) and "p_value" not in summary["variants"]["baseline"]
     assert list(summary["variants"]) == ["baseline", "l2", "dropout"]
     reason = explain_choice(summary)
-    assert reason.startswith("l2: highest mean") and "0.8600" in reason and "next: baseline (0.8100)" in reason
+    assert reason.startswith("l2: highest mean validation accuracy over 3 folds, 0.8500 ± 0.0200")
+    assert "+0.0400 vs baseline, p = " in reason and "next: baseline (0.8100)" in reason
+    table = cv_table({"k_folds": 3, **summary})
+    assert "| l2 **(chosen)** | 0.8500 ± 0.0200 |" in table and f"Chosen: {reason}." in table
+
+
+def test_paired_test_is_the_corrected_resampled_t_test():
+    diffs = np.array([0.01, 0.02, 0.015, 0.005, 0.012])
+    corrected, plain = paired_test(diffs, k=5)
+    assert plain == pytest.approx(stats.ttest_rel(diffs + 0.5, np.full(5, 0.5)).pvalue, rel=1e-6)
+    t = diffs.mean() / np.sqrt((1 / 5 + 1 / 4) * diffs.var(ddof=1))  # Nadeau & Bengio's variance correction
+    assert corrected == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-6)
+    assert corrected > plain  # overlapping training sets: the honest p-value is larger
+    assert paired_test(np.zeros(5), 5) == (1.0, 1.0)
 
 
 def test_ties_go_to_the_first_variant_in_params_order():
@@ -52,6 +74,9 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     result = run_crossval((x, tiny_set.labels), 3, tiny_params)
     p = tiny_params
+    assert list(result.folds.columns) == [
+        "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
+        "best_epoch", "epochs", "stopped_early", "seconds"]
     assert len(result.folds) == len(p.variants) * p.k_folds
     assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
     assert set(result.summary["variants"]) == set(p.variants)
@@ -62,3 +87,62 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     by_variant = again.folds.set_index(["variant", "fold"])["final_valid_acc"]
     assert list(by_variant["baseline"]) == list(by_variant["twin"])
     assert list(by_variant["baseline"]) == list(result.folds.set_index(["variant", "fold"]).loc["baseline"]["final_valid_acc"])
+
+
+def test_only_compared_variants_run_and_combinations_merge(tiny_set, tiny_stats, tiny_params):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2+dropout"))
+    result = run_crossval((x, tiny_set.labels), 3, p)
+    assert list(dict.fromkeys(result.folds["variant"])) == ["baseline", "l2+dropout"]
+    assert "p_value" in result.summary["variants"]["l2+dropout"]
+
+
+def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params, capsys):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "big": {"model": "vgg99"}})
+    with pytest.raises(KeyError, match="unknown model 'vgg99'"):
+        run_crossval((x, tiny_set.labels), 3, p, monitor=None)
+    p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "aug": {"augment": True,
+                                                                                   "augment_padding": 12}})
+    with pytest.raises(ValueError, match="augment_padding: 12 is too large for 12x12 images; valid: 0 to 11"):
+        run_crossval((x, tiny_set.labels), 3, p)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Killed(Checkpoints):
+    """Real checkpoints that stop the run after ``n`` saves, as a kill between epochs would."""
+
+    def __init__(self, *args, n: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n = n
+
+    def save(self, name, state):
+        super().save(name, state)
+        self.n -= 1
+        if self.n == 0:
+            raise Interrupted
+
+
+def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    # dropout and augmentation draw random numbers: resuming must restore every generator
+    p = dataclasses.replace(tiny_params, epochs=3, variants={"baseline": {}, "dropout": {"dropout": 0.3},
+                                                             "augment": {"augment": True}})
+    whole = run_crossval((x, tiny_set.labels), 3, p)
+    with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
+        run_crossval((x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
+    resumed = run_crossval((x, tiny_set.labels), 3, p, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    pd.testing.assert_frame_equal(resumed.folds.drop(columns="seconds"), whole.folds.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
+    assert resumed.summary == whole.summary
+    Checkpoints("crossval", "k1", tmp_path).clear()
+    assert not (tmp_path / "crossval").exists()
+
+
+def test_checkpoints_of_other_params_are_never_resumed(tmp_path):
+    Checkpoints("crossval", "old", tmp_path).save("run000", {"done": True})
+    fresh = Checkpoints("crossval", "new", tmp_path)
+    assert fresh.load("run000") is None and not (tmp_path / "crossval" / "old").exists()

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from foldwise.engine import (choose_device, evaluate, fit, l1_penalty, make_optimizer, make_scheduler,
+from foldwise.engine import (Schedule, choose_device, evaluate, fit, l1_penalty, make_optimizer,
                              seed_everything, to_inputs)
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
@@ -68,32 +68,78 @@ def test_weight_decay_and_momentum_reach_the_optimiser(tiny_params):
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.02
 
 
-@pytest.mark.parametrize("name, when", [("onecycle", "batch"), ("cosine", "batch"), ("step", "epoch"),
-                                        ("plateau", "valid_loss"), ("none", "never")])
-def test_schedulers(tiny_params, name, when):
-    model = build_model((1, 12, 12), 3, tiny_params)
-    p = dataclasses.replace(tiny_params, scheduler=name)
-    scheduler, step = make_scheduler(make_optimizer(model, p), p, steps_per_epoch=4)
-    assert step == when and (scheduler is None) == (name == "none")
+def lrs(p, steps_per_epoch=4, losses=None):
+    """The learning rate of every batch of a run of ``p``, stepping the schedule as fit does."""
+    model = build_model((1, 12, 12), 3, p)
+    optimizer = make_optimizer(model, p)
+    schedule = Schedule(optimizer, p, steps_per_epoch)
+    seen = []
+    for epoch in range(p.epochs):
+        for _ in range(steps_per_epoch):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.after_batch()
+        schedule.after_epoch(losses[epoch] if losses else 1.0)
+    return seen
 
 
-def test_step_lr_decays_between_epochs(tiny_set, tiny_stats, tiny_params):
+def test_schedules_follow_their_torch_counterparts(tiny_params):
+    p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=4)
+    model = build_model((1, 12, 12), 3, p)
+    for name, reference in [
+        ("onecycle", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=16)),
+        ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=16)),
+    ]:
+        optimizer = make_optimizer(model, p)
+        scheduler, expected = reference(optimizer), []
+        for _ in range(16):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert lrs(dataclasses.replace(p, scheduler=name)) == pytest.approx(expected, abs=1e-9), name
+    step = lrs(dataclasses.replace(p, scheduler="step", step_size=2, gamma=0.5))
+    assert step == pytest.approx([0.1] * 8 + [0.05] * 8)
+    assert lrs(dataclasses.replace(p, scheduler="none")) == pytest.approx([0.1] * 16)
+
+
+def test_plateau_decays_on_the_valid_loss(tiny_params):
+    p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=4, scheduler="plateau",
+                            plateau_patience=1, gamma=0.1)
+    seen = lrs(p, steps_per_epoch=1, losses=[1.0, 2.0, 2.0, 2.0])  # no improvement after epoch 1
+    assert seen == pytest.approx([0.1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("name", ["none", "step", "cosine", "plateau", "onecycle"])
+def test_warmup_rises_linearly_from_a_hundredth(tiny_params, name):
+    p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=4, scheduler=name, warmup_epochs=1)
+    seen = lrs(p, steps_per_epoch=4)
+    if name == "onecycle":  # its own rising phase, made to last the warm-up epochs
+        assert seen.index(max(seen)) == 3 and seen[0] == pytest.approx(0.004)  # peak: end of warm-up
+    else:
+        assert seen[:5] == pytest.approx([0.001, 0.02575, 0.0505, 0.07525, 0.1])
+
+
+def test_step_lr_decays_between_epochs_in_fit(tiny_set, tiny_stats, tiny_params):
     train, valid = data(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, optimizer="sgd", scheduler="step", step_size=1, gamma=0.5, lr=0.1, epochs=3)
     result = fit(build_model((1, 12, 12), 3, p), train, valid, p, seed=0)
     assert [r["lr"] for r in result.history] == pytest.approx([0.1, 0.05, 0.025])
 
 
-def test_l1_penalty_changes_the_update(tiny_set, tiny_stats, tiny_params):
+def test_l1_term_is_in_the_loss(tiny_set, tiny_stats, tiny_params):
+    """One plain SGD step on one batch: the L1 run moves every weight by lr x l1 x sign(w) more."""
     train, valid = data(tiny_set, tiny_stats)
-    weights = []
+    after = []
     for l1 in (0.0, 0.01):
-        p = dataclasses.replace(tiny_params, model="softmax", l1=l1, epochs=1)
+        p = dataclasses.replace(tiny_params, model="softmax", l1=l1, epochs=1, batch_size=60, optimizer="sgd",
+                                momentum=0.0, lr=0.5, scheduler="none")
         seed_everything(0)
         model = build_model((1, 12, 12), 3, p)
+        start = model[1].weight.detach().clone()
         fit(model, train, valid, p, seed=0)
-        weights.append(l1_penalty(model).item())
-    assert weights[1] < weights[0]
+        after.append(model[1].weight.detach())
+    assert torch.allclose(after[1] - after[0], -0.5 * 0.01 * start.sign(), atol=1e-6)
+    assert l1_penalty(model) == model[1].weight.abs().sum()  # weights only, not the bias
 
 
 def test_a_broken_monitor_never_stops_training(tiny_set, tiny_stats, tiny_params, capsys):
@@ -105,3 +151,60 @@ def test_a_broken_monitor_never_stops_training(tiny_set, tiny_stats, tiny_params
     result = fit(build_model((1, 12, 12), 3, tiny_params), train, valid, tiny_params, seed=0, monitor=Broken())
     assert len(result.history) == tiny_params.epochs
     assert "server gone" in capsys.readouterr().err
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(tiny_set, tiny_stats, tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    # a learning rate far too high makes the valid loss bounce: early stopping must step in
+    p = dataclasses.replace(tiny_params, epochs=12, lr=2.0, optimizer="sgd", scheduler="none", patience=2)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    result = fit(model, train, valid, p, seed=0)
+    losses = [r["valid_loss"] for r in result.history]
+    assert result.stopped_early and len(losses) < 12
+    assert result.best_epoch == losses.index(min(losses)) + 1 and len(losses) == result.best_epoch + 2
+    assert result.restored_best and result.final == result.history[result.best_epoch - 1]
+    assert evaluate(model, valid)[0] == pytest.approx(min(losses), rel=1e-5)  # the model holds the best weights
+
+
+def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_params):
+    """A softmax model with a learning rate too small to learn: the train loss is the loss of the
+    batches it saw. Without augmentation it equals the evaluation loss; with it, it does not."""
+    from foldwise.engine import Preloaded, train_one_epoch
+
+    train, _ = data(tiny_set, tiny_stats)
+    source = Preloaded(*train)
+    losses = {}
+    for augment in (False, True):
+        p = dataclasses.replace(tiny_params, model="softmax", augment=augment, augment_padding=3, lr=1e-12,
+                                optimizer="sgd", momentum=0.0)
+        seed_everything(0)
+        model = build_model((1, 12, 12), 3, p)
+        from foldwise.augment import Augmenter
+
+        augmenter = Augmenter(p, 0) if augment else None
+        losses[augment] = train_one_epoch(model, source, make_optimizer(model, p), p,
+                                          torch.Generator().manual_seed(0), augmenter=augmenter)[0]
+        assert evaluate(model, source) == evaluate(model, source)  # evaluation draws nothing random
+        losses[f"eval{augment}"] = evaluate(model, source)[0]
+    assert losses[False] == pytest.approx(losses["evalFalse"], rel=1e-5)
+    assert abs(losses[True] - losses["evalTrue"]) > 1e-3
+
+
+def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, tiny_stats, tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=4, dropout=0.3, augment=True, scheduler="onecycle")
+    states = []
+    seed_everything(3)
+    whole_model = build_model((1, 12, 12), 3, p)
+    whole = fit(whole_model, train, valid, p, seed=3, checkpoint=lambda s: states.append(
+        {k: (dict(v) if isinstance(v, dict) else v) for k, v in __import__("copy").deepcopy(s).items()}))
+    assert len(states) == 4
+    seed_everything(3)
+    torch.manual_seed(999)  # the global stream (dropout) must come from the checkpoint, not from here
+    resumed_model = build_model((1, 12, 12), 3, p)
+    resumed = fit(resumed_model, train, valid, p, seed=3, resume=states[1])  # killed after epoch 2
+    assert [r["valid_loss"] for r in resumed.history] == [r["valid_loss"] for r in whole.history]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)

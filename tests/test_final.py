@@ -14,9 +14,11 @@ def split(tiny_set, stats):
 
 
 def test_resolve_variant(tiny_params):
-    assert resolve_variant(tiny_params, {"chosen": "l2"}) == ("l2", "crossval")
+    assert resolve_variant(tiny_params, {"chosen": "l2"})[:2] == ("l2", "crossval")
     pinned = dataclasses.replace(tiny_params, variant="dropout")
-    assert resolve_variant(pinned, {"chosen": "l2"}) == ("dropout", "pinned")
+    variant, source, reason = resolve_variant(pinned, {"chosen": "l2"})
+    assert (variant, source) == ("dropout", "pinned")
+    assert reason == "pinned in params.yaml (variant: dropout); crossval's best mean was l2"
     with pytest.raises(ValueError, match="crossval chose variant 'gone'.*re-run crossval"):
         resolve_variant(tiny_params, {"chosen": "gone"})
 

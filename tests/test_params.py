@@ -57,6 +57,20 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("variants: {heavy: {weight_decay: x}}\n", r"variants.heavy.weight_decay: expected a number"),
     ("variants: {big: {dropout: 0.9999, lr: -1}}\n", r"variants.big: lr: -1 is invalid"),
     ("variant: l3\n", r"variant: 'l3' is not defined; valid: auto, baseline"),
+    ("lr: -0.1\n", r"lr: -0.1 is invalid; expected a positive value \(valid: > 0\)"),
+    ("k_folds: 1\n", r"k_folds: 1 is invalid; .*\(valid: 2 to the smallest class's size\)"),
+    ("epochs: '10'\n", r"epochs: expected an integer, got '10'"),
+    ("variants: {baseline: {}, l2: {weight_dacay: 0.1}}\n",
+     r"variants.l2.weight_dacay: a variant cannot set this key \(did you mean 'weight_decay'\?\)"),
+    ("compare: [baseline, l9]\n", r"compare: 'l9' is not defined; valid: baseline \(or several joined by '\+'"),
+    ("compare: baseline\n", r"compare: expected a list of variant names"),
+    ("compare: [baseline, baseline]\n", r"compare: a variant is listed twice"),
+    ("variants: {baseline: {}, a: {lr: 0.1}, b: {lr: 0.2}}\ncompare: [a+b]\n",
+     r"variant 'a\+b': its parts set lr to 0.1 and 0.2"),
+    ("warmup_epochs: 6\n", r"warmup_epochs: 6 is invalid; .*\(valid: 0 to 5\)"),
+    ("augment_flip: sometimes\n", r"augment_flip: expected true, false or auto"),
+    ("width: 0\n", r"width: 0 is invalid; expected a multiplier in \(0, 8\]"),
+    ("pretrained_path: w.pth\n", r"pretrained_path: 'w.pth' is invalid; is only read with pretrained: true"),
     ("- just\n- a list\n", r"expected a mapping"),
 ])
 def test_bad_values_are_named(tmp_path, text, message):
@@ -78,6 +92,15 @@ def test_variant_overrides_apply_only_their_keys():
     assert params.for_variant("baseline") == params
     with pytest.raises(ParamsError, match="valid names: baseline, l2"):
         params.for_variant("dropout")
+
+
+def test_variants_combine_with_plus():
+    params = parse_params({"variants": {"baseline": {}, "l2": {"weight_decay": 0.01}, "dropout": {"dropout": 0.2}},
+                           "compare": ["baseline", "l2+dropout"], "variant": "dropout+l2"})
+    both = params.for_variant("l2+dropout")
+    assert (both.weight_decay, both.dropout) == (0.01, 0.2)
+    assert params.compared == ["baseline", "l2+dropout"]
+    assert parse_params({"variants": {"baseline": {}, "x": {}}}).compared == ["baseline", "x"]  # [] = all
 
 
 def test_to_dict_round_trips_through_validation():

@@ -1,29 +1,40 @@
-"""K-fold cross-validation of every regularisation variant on the same folds.
+"""K-fold cross-validation of every compared variant on the same folds.
 
 Folds are computed once (stratified, seeded) and shared by all variants, and
-fold ``f`` starts every variant from the same initial weights, so the
-comparison is paired: differences come from the variant, not from luck.
+fold ``f`` starts every variant from the same initial weights and the same
+batch order, so the comparison is paired: differences come from the variant,
+not from luck. The summary gives each variant's mean, standard deviation and
+95% confidence interval across folds, and its paired difference from the
+reference variant (``baseline``) with a p-value.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 from sklearn.model_selection import StratifiedKFold
 
+from foldwise.augment import check_augment
+from foldwise.checkpoints import Checkpoints
 from foldwise.engine import as_batches, fit, seed_everything
-from foldwise.models import build_model
+from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor
 from foldwise.params import Params
 
-# The fold score: valid accuracy after the last epoch. The best epoch's
-# accuracy is reported too, but it is chosen on the same fold it is measured
-# on, so it is optimistic and not used for the choice.
+# The fold score: valid accuracy of the weights a run ends with (the last
+# epoch's, or the best epoch's when early stopping restores them). The best
+# accuracy over epochs is reported too, but it is chosen on the same fold it
+# is measured on, so it is optimistic and not used for the choice.
 SCORE = "final_valid_acc"
+REFERENCE = "baseline"  # the variant the others are compared with, when it is compared
+ALPHA = 0.05  # significance level the reason mentions
 
 
 def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -31,9 +42,10 @@ def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
     counts = np.bincount(labels)
     present = counts[counts > 0]
     if present.min() < k:
+        smallest = int(np.flatnonzero(counts == present.min())[0])
         raise ValueError(
-            f"k_folds={k} needs at least {k} training images per class; the smallest class "
-            f"has {present.min()}. Lower k_folds or raise max_images_per_split."
+            f"k_folds: {k} is larger than the smallest class (label {smallest}: {present.min()} training "
+            f"images); valid: 2 to {present.min()}. Lower k_folds or raise max_images_per_split."
         )
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
@@ -48,67 +60,148 @@ class CVResult:
     summary: dict[str, Any]
 
 
-def summarize(folds: pd.DataFrame) -> dict[str, Any]:
-    """Mean and sample std of the fold score per variant, and the best variant.
+def paired_test(diffs: np.ndarray, k: int) -> tuple[float, float]:
+    """Two-sided p-values of a mean fold difference of 0: (corrected, plain paired t-test).
 
-    Numbers only (plus the chosen name), so `dvc metrics diff` stays a
-    readable table; ``explain_choice`` turns it into a sentence.
+    K-fold training sets overlap, so fold scores are correlated and the plain
+    paired t-test finds differences that are not there. The corrected
+    resampled t-test (Nadeau & Bengio, 2003) inflates the variance by
+    1/n + n_valid/n_train = 1/k + 1/(k-1).
+    """
+    n = len(diffs)
+    mean, var = float(np.mean(diffs)), float(np.var(diffs, ddof=1)) if n > 1 else 0.0
+    if n < 2 or var == 0:
+        p = 1.0 if mean == 0 else 0.0
+        return p, p
+
+    def p_value(scale: float) -> float:
+        return float(2 * scipy_stats.t.sf(abs(mean) / math.sqrt(scale * var), n - 1))
+
+    return p_value(1 / n + 1 / (k - 1)), p_value(1 / n)
+
+
+def summarize(folds: pd.DataFrame) -> dict[str, Any]:
+    """Per variant: mean, std, 95% CI, and the paired comparison with the reference; the best variant.
+
+    Numbers plus two names, so `dvc metrics diff` stays a readable table;
+    ``explain_choice`` and ``cv_table`` turn it into words.
     """
     order = list(dict.fromkeys(folds["variant"]))
-    stats = folds.groupby("variant", sort=False).agg(
-        valid_acc_mean=(SCORE, "mean"), valid_acc_std=(SCORE, "std"),
-        valid_loss_mean=("final_valid_loss", "mean"), best_valid_acc_mean=("best_valid_acc", "mean"),
-        folds=("fold", "count"),
-    ).reindex(order)
-    stats["valid_acc_std"] = stats["valid_acc_std"].fillna(0.0)
-    ranked = stats.sort_values("valid_acc_mean", ascending=False, kind="stable")  # ties: params order
-    return {
-        "variants": {
-            name: {k: (int(v) if k == "folds" else round(float(v), 6)) for k, v in row.items()}
-            for name, row in stats.iterrows()
-        },
-        "chosen": str(ranked.index[0]),
-    }
+    reference = REFERENCE if REFERENCE in order else order[0]
+    k = int(folds["fold"].nunique())
+    scores = folds.pivot(index="fold", columns="variant", values=SCORE)
+    variants: dict[str, dict[str, Any]] = {}
+    for name in order:
+        rows = folds[folds["variant"] == name]
+        acc = rows[SCORE].to_numpy(dtype=float)
+        n = len(acc)
+        std = float(np.std(acc, ddof=1)) if n > 1 else 0.0
+        half = float(scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
+        entry = {
+            "valid_acc_mean": acc.mean(), "valid_acc_std": std,
+            "valid_acc_ci_low": acc.mean() - half, "valid_acc_ci_high": acc.mean() + half,
+            "valid_loss_mean": rows["final_valid_loss"].mean(), "best_valid_acc_mean": rows["best_valid_acc"].mean(),
+            "epochs_mean": rows["epochs"].mean(),
+        }
+        if name != reference:
+            diffs = (scores[name] - scores[reference]).dropna().to_numpy(dtype=float)
+            corrected, plain = paired_test(diffs, k)
+            entry.update({f"diff_vs_{reference}": diffs.mean(), "p_value": corrected, "p_value_uncorrected": plain})
+        variants[name] = {key: round(float(v), 6) for key, v in entry.items()} | {"folds": n}
+    ranked = sorted(order, key=lambda v: -variants[v]["valid_acc_mean"])  # stable: ties go to params order
+    return {"reference": reference, "variants": variants, "chosen": ranked[0]}
 
 
 def explain_choice(summary: dict[str, Any]) -> str:
-    """Why ``summary['chosen']`` won, with the runner-up for scale."""
-    variants = summary["variants"]
-    best = summary["chosen"]
-    line = (f"{best}: highest mean validation accuracy after the last epoch over "
-            f"{variants[best]['folds']} folds ({variants[best]['valid_acc_mean']:.4f} ± "
-            f"{variants[best]['valid_acc_std']:.4f})")
-    others = sorted((v for v in variants if v != best), key=lambda v: -variants[v]["valid_acc_mean"])
+    """Why ``summary['chosen']`` won: its score and interval, the gap to the reference, the runner-up."""
+    variants, best, reference = summary["variants"], summary["chosen"], summary["reference"]
+    v = variants[best]
+    line = (f"{best}: highest mean validation accuracy over {v['folds']} folds, {v['valid_acc_mean']:.4f} "
+            f"± {v['valid_acc_std']:.4f} (95% CI {v['valid_acc_ci_low']:.4f} to {v['valid_acc_ci_high']:.4f})")
+    if best != reference:
+        p = v["p_value"]
+        verdict = "significant" if p < ALPHA else "not significant"
+        line += (f"; {v[f'diff_vs_{reference}']:+.4f} vs {reference}, p = {p:.3f} "
+                 f"(corrected paired t-test, {verdict} at {ALPHA})")
+    others = [name for name in sorted(variants, key=lambda n: -variants[n]["valid_acc_mean"]) if name != best]
     if others:
         line += f"; next: {others[0]} ({variants[others[0]]['valid_acc_mean']:.4f})"
     return line
 
 
-def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None = None) -> CVResult:
-    """Train every variant on every fold of ``data`` (a batch source, or normalised (x, y) on the device)."""
+def cv_table(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table with the choice and its reason under it (reports/cv/summary.md)."""
+    reference = summary["reference"]
+    lines = [f"Cross-validation: {summary['k_folds']} folds, the same for every variant. Accuracy: on the "
+             f"held-out fold, after the last epoch (best epoch when early stopping).", "",
+             f"| variant | accuracy (mean ± std) | 95% CI | vs {reference} | p-value | epochs |",
+             "|---|---|---|---|---|---|"]
+    for name, v in summary["variants"].items():
+        diff = f"{v[f'diff_vs_{reference}']:+.4f}" if name != reference else "-"
+        p = f"{v['p_value']:.3f}" if name != reference else "-"
+        mark = " **(chosen)**" if name == summary["chosen"] else ""
+        lines.append(f"| {name}{mark} | {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f} | "
+                     f"{v['valid_acc_ci_low']:.4f} to {v['valid_acc_ci_high']:.4f} | {diff} | {p} | "
+                     f"{v['epochs_mean']:g} |")
+    lines += ["", f"p-value: corrected resampled paired t-test (Nadeau & Bengio) over the folds, against "
+              f"{reference}.", "", f"Chosen: {explain_choice(summary)}.", ""]
+    return "\n".join(lines)
+
+
+def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None = None,
+                 checkpoints: Checkpoints | None = None) -> CVResult:
+    """Train every compared variant on every fold of ``data`` (a batch source, or normalised (x, y)).
+
+    Everything that can be wrong with the params (folds, model, weights file,
+    augmentation) fails before the first epoch. With ``checkpoints``, runs
+    finished before an interruption are not repeated and the interrupted run
+    continues from its last epoch.
+    """
     data = as_batches(data)
     device = data.labels.device
     folds = make_folds(data.labels.cpu().numpy(), p.k_folds, p.seed)
+    for variant in p.compared:
+        vp = p.for_variant(variant)
+        check_model(data.shape, num_classes, vp)
+        check_augment(data.shape, vp)
     history: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    for variant in p.variants:
+    runs = [(v, f) for v in p.compared for f in range(len(folds))]
+    for index, (variant, fold) in enumerate(runs):
+        name = f"run{index:03d}"
+        saved = checkpoints.load(name) if checkpoints else None
+        if saved is not None and saved.get("done"):
+            rows.append(saved["row"])
+            history.extend(saved["history"])
+            continue
+        if saved is not None:
+            print(f"resuming {variant} fold {fold} after epoch {len(saved['result']['history'])}", file=sys.stderr)
+        train_idx, valid_idx = folds[fold]
         vp = p.for_variant(variant)
-        for fold, (train_idx, valid_idx) in enumerate(folds):
-            seed = p.seed + fold  # same start for every variant on this fold
-            seed_everything(seed)
-            model = build_model(data.shape, num_classes, vp).to(device)
-            started = time.perf_counter()
-            result = fit(model, data.subset(train_idx), data.subset(valid_idx), vp, seed, monitor,
-                         tags={"variant": variant, "fold": fold})
-            last = result.history[-1]
-            best = result.history[result.best_epoch - 1]
-            rows.append({
-                "variant": variant, "fold": fold, "final_valid_acc": last["valid_acc"],
-                "final_valid_loss": last["valid_loss"], "best_valid_acc": best["valid_acc"],
-                "best_epoch": result.best_epoch, "epochs": len(result.history),
-                "seconds": round(time.perf_counter() - started, 2),
-            })
-            history.extend(result.history)
+        seed = p.seed + fold  # same start for every variant on this fold
+        seed_everything(seed)
+        model = build_model(data.shape, num_classes, vp).to(device)
+        started = time.perf_counter() - (saved or {}).get("seconds", 0.0)
+
+        def save(state: dict[str, Any], name: str = name, started: float = started) -> None:
+            checkpoints.save(name, {**state, "seconds": time.perf_counter() - started})
+
+        result = fit(model, data.subset(train_idx), data.subset(valid_idx), vp, seed, monitor,
+                     tags={"variant": variant, "fold": fold}, resume=saved,
+                     checkpoint=save if checkpoints else None)
+        final = result.final
+        row = {
+            "variant": variant, "fold": fold,
+            "final_valid_acc": final["valid_acc"], "final_valid_loss": final["valid_loss"],
+            "best_valid_acc": max(r["valid_acc"] for r in result.history),
+            "best_valid_loss": min(r["valid_loss"] for r in result.history),
+            "best_epoch": result.best_epoch, "epochs": len(result.history),
+            "stopped_early": result.stopped_early, "seconds": round(time.perf_counter() - started, 2),
+        }
+        if checkpoints:
+            checkpoints.save(name, {"done": True, "row": row, "history": result.history})
+        rows.append(row)
+        history.extend(result.history)
     folds_df = pd.DataFrame(rows)
     summary = {"k_folds": p.k_folds, **summarize(folds_df)}
     return CVResult(pd.DataFrame(history), folds_df, summary)

@@ -46,6 +46,7 @@ class Source:
     channels: int = 1  # native channel count (1 grey, 3 RGB)
     user_data: str = "no"  # whether params' data_path is used: no | optional | required
     user_hint: str = ""  # what data_path may point at, for errors
+    flip: bool = True  # a mirrored image is still its class (not for digits: a mirrored 3 is no 3)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -180,6 +181,7 @@ SOURCES: dict[str, Source] = {
             "Download the four MNIST .gz files on a machine with internet access, copy them "
             "into a folder here and set FOLDWISE_MIRROR=/that/folder."
         ),
+        flip=False,
     ),
     "cifar10": Source(
         files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},  # official archive md5
@@ -197,6 +199,7 @@ SOURCES: dict[str, Source] = {
         classes=tuple(str(d) for d in range(10)),
         read=_read_digits,
         install_hint="It ships with scikit-learn: reinstall it (`make run` does).",
+        flip=False,
     ),
     "dogs-vs-cats": Source(
         # Microsoft's PetImages: ~25,000 JPEGs with a known number of corrupt and

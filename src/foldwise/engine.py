@@ -8,21 +8,25 @@ once per epoch (no per-batch host sync).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foldwise.augment import Augmenter
 from foldwise.monitor import Monitor, NullMonitor
 from foldwise.params import Params
 
 DEVICE_ENV = "FOLDWISE_DEVICE"
+AMP_ENV = "FOLDWISE_AMP"  # auto (bfloat16 autocast on CUDA) | off
 EVAL_BATCH = 2048  # images per forward pass when no gradients are kept
 
 
@@ -45,10 +49,16 @@ def choose_device(value: str | None = None) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) for a reproducible run."""
+    """Seed Python, NumPy and torch (all devices) for a reproducible run.
+
+    cuDNN is asked for deterministic kernels, so a GPU run repeats too (at
+    some cost in speed).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def stats_tensors(stats: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,19 +89,63 @@ def make_optimizer(model: nn.Module, p: Params) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int) -> tuple[Any, str]:
-    """The LR schedule and when it steps: ``batch``, ``epoch``, ``valid_loss`` or ``never``."""
-    total = p.epochs * steps_per_epoch
-    if p.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p.lr, total_steps=total), "batch"
-    if p.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "batch"
-    if p.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size, gamma=p.gamma), "epoch"
-    if p.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=p.gamma, patience=p.plateau_patience), "valid_loss"
-    return None, "never"
+WARMUP_START = 0.01  # warm-up starts at lr x this and rises linearly to lr
+
+
+class Schedule:
+    """The learning-rate schedule with optional linear warm-up, stepped after every batch.
+
+    ``onecycle`` is torch's OneCycleLR (its warm-up phase lasts ``warmup_epochs``
+    when set, else 30% of training); ``none``, ``step`` and ``cosine`` are
+    per-batch factors of ``lr`` (``step`` decays by ``gamma`` every
+    ``step_size`` epochs, as StepLR; ``cosine`` anneals to 0 after warm-up, as
+    CosineAnnealingLR); ``plateau`` is ReduceLROnPlateau on the validation
+    loss, stepped after every epoch once warm-up is over.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int) -> None:
+        total = p.epochs * steps_per_epoch
+        self.warmup = p.warmup_epochs * steps_per_epoch
+        self.steps = 0
+        self.plateau = None
+        if p.scheduler == "onecycle":
+            kwargs = {"pct_start": self.warmup / total} if self.warmup else {}
+            self.per_batch = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=p.lr, total_steps=total, **kwargs)
+            return
+        warmup, decay_every = self.warmup, p.step_size * steps_per_epoch
+
+        def factor(step: int) -> float:
+            ramp = min(1.0, WARMUP_START + (1 - WARMUP_START) * step / warmup) if warmup else 1.0
+            if p.scheduler == "step":
+                return ramp * p.gamma ** (step // decay_every)
+            if p.scheduler == "cosine":
+                return ramp * 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, total - warmup)))
+            return ramp
+
+        self.per_batch = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if p.scheduler == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=p.gamma, patience=p.plateau_patience)
+
+    def after_batch(self) -> None:
+        if self.plateau is None or self.steps < self.warmup:
+            self.per_batch.step()
+        self.steps += 1
+
+    def after_epoch(self, valid_loss: float) -> None:
+        if self.plateau is not None and self.steps >= self.warmup:
+            self.plateau.step(valid_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "per_batch": self.per_batch.state_dict(),
+                "plateau": None if self.plateau is None else self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.per_batch.load_state_dict(state["per_batch"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -130,15 +184,32 @@ def as_batches(data: Any) -> Any:
     return data
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 autocast on CUDA GPUs that support it (no loss scaling needed); None = full float32.
+
+    ``FOLDWISE_AMP=off`` turns it off. CPUs always train in float32.
+    """
+    if device.type != "cuda" or os.environ.get(AMP_ENV, "auto").lower() in ("off", "0", "false"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
+def _channels_last(model: nn.Module, device: torch.device) -> bool:
+    """NHWC layout speeds up convolutions on CUDA tensor cores; CPUs keep NCHW."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
-                    p: Params, generator: torch.Generator, scheduler: Any = None) -> tuple[float, float]:
+                    p: Params, generator: torch.Generator, schedule: Schedule | None = None,
+                    augmenter: Augmenter | None = None) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
 
     ``data`` is a batch source (see ``as_batches``); the shuffling order is
     drawn here from a CPU generator, so every source and device sees the same
-    batches. The reported loss is the data term only, so runs with and
-    without L1 compare. A trailing batch of one image is dropped: BatchNorm
-    cannot train on it.
+    batches. ``augmenter`` (training only) transforms each batch. The
+    reported loss is the data term only, so runs with and without L1
+    compare. A trailing batch of one image is dropped: BatchNorm cannot train
+    on it.
     """
     model.train()
     data = as_batches(data)
@@ -147,18 +218,25 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
     if n > 1 and n % p.batch_size == 1:
         order = order[:-1]
     device = next(model.parameters()).device
+    dtype = autocast_dtype(device)
+    nhwc = _channels_last(model, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for x, y in data.batches(order, p.batch_size):
-        logits = model(x)
-        data_loss = F.cross_entropy(logits, y)
+        if augmenter is not None:
+            x = augmenter(x)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+            data_loss = F.cross_entropy(logits.float(), y)
         loss = data_loss + p.l1 * l1_penalty(model) if p.l1 > 0 else data_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        if schedule is not None:
+            schedule.after_batch()
         loss_sum += data_loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -167,10 +245,17 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: Any) -> torch.Tensor:
-    """Logits for every image of ``data`` (a batch source or a tensor), in eval mode, in large batches."""
+    """Float32 logits for every image of ``data`` (a batch source or a tensor), in eval mode, in large batches."""
     model.eval()
     data = as_batches(data)
-    return torch.cat([model(x) for x, _ in data.batches(torch.arange(len(data)), EVAL_BATCH)])
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(device)
+    nhwc = _channels_last(model, device)
+    out = []
+    for x, _ in data.batches(torch.arange(len(data)), EVAL_BATCH):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out.append(model(x.contiguous(memory_format=torch.channels_last) if nhwc else x).float())
+    return torch.cat(out)
 
 
 def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
@@ -185,46 +270,97 @@ def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
 
 @dataclass
 class FitResult:
-    """Per-epoch history rows, and the weights of the epoch with the best valid accuracy."""
+    """Per-epoch history rows and the weights ``fit`` kept.
+
+    ``best_epoch``/``best_state``: the epoch with the lowest valid loss when
+    early stopping (``patience`` > 0; the model ends with these weights),
+    else the one with the highest valid accuracy (the model ends with the
+    last epoch's weights). ``final`` is the history row of the weights the
+    model ends with.
+    """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = 0
+    best_value: float = math.nan
+    bad_epochs: int = 0  # epochs since the best one
+    stopped_early: bool = False  # patience ran out before the last epoch
+    restored_best: bool = False  # early stopping: the model ends with the best epoch's weights
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1] if self.restored_best else self.history[-1]
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor: Monitor | None = None,
-        tags: dict[str, Any] | None = None) -> FitResult:
-    """Train for ``p.epochs``, validating after each; keep the best epoch's weights.
+        tags: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+    """Train for ``p.epochs`` (fewer when early stopping), validating after each epoch.
 
     ``tags`` (e.g. variant, fold) are copied into every history row so rows
-    from many runs can share one table.
+    from many runs can share one table. After every epoch, ``checkpoint``
+    receives everything needed to continue (weights, optimiser, schedule,
+    every random generator, history); passing that as ``resume`` continues
+    the run exactly where it stopped, giving the same result as an
+    uninterrupted run.
     """
     monitor = monitor or NullMonitor()
     tags = tags or {}
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = make_optimizer(model, p)
     train, valid = as_batches(train), as_batches(valid)
-    steps = max(1, -(-len(train) // p.batch_size))
-    scheduler, when = make_scheduler(optimizer, p, steps)
+    device = next(model.parameters()).device
+    if _channels_last(model, device):
+        model.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(seed)
+    augmenter = Augmenter(p, seed) if p.augment else None
+    optimizer = make_optimizer(model, p)
+    schedule = Schedule(optimizer, p, max(1, -(-len(train) // p.batch_size)))
     result = FitResult()
-    best_acc = -1.0
-    for epoch in range(1, p.epochs + 1):
+    by_loss = p.patience > 0  # early stopping watches the valid loss
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        if augmenter is not None:
+            augmenter.load_state_dict(resume["augmenter"])
+        _set_rng_state(resume["rng"], device)
+        result = FitResult(**resume["result"])
+    while len(result.history) < p.epochs and not result.stopped_early:
+        epoch = len(result.history) + 1
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(
-            model, train, optimizer, p, generator, scheduler if when == "batch" else None)
+        train_loss, train_acc = train_one_epoch(model, train, optimizer, p, generator, schedule, augmenter)
         valid_loss, valid_acc = evaluate(model, valid)
-        if when == "epoch":
-            scheduler.step()
-        elif when == "valid_loss":
-            scheduler.step(valid_loss)
+        schedule.after_epoch(valid_loss)
         row = {**tags, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr,
                "seconds": time.perf_counter() - started}
         result.history.append(row)
-        if valid_acc > best_acc:
-            best_acc = valid_acc
-            result.best_epoch = epoch
+        if result.best_epoch == 0 or (valid_loss < result.best_value if by_loss else valid_acc > result.best_value):
+            result.best_value = valid_loss if by_loss else valid_acc
+            result.best_epoch, result.bad_epochs = epoch, 0
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            result.bad_epochs += 1
+            result.stopped_early = by_loss and result.bad_epochs >= p.patience and epoch < p.epochs
         monitor.on_epoch_end(row)
+        if checkpoint is not None:
+            checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                        "augmenter": None if augmenter is None else augmenter.state_dict(),
+                        "rng": _rng_state(device), "result": dataclasses.asdict(result)})
+    if by_loss:  # early stopping restores the best weights, whether or not it stopped
+        model.load_state_dict(result.best_state)
+        result.restored_best = True
     return result

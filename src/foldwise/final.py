@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,38 +12,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foldwise.augment import check_augment
+from foldwise.checkpoints import Checkpoints
 from foldwise.engine import FitResult, as_batches, fit, predict, seed_everything
-from foldwise.models import build_model
+from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor
 from foldwise.outputs import atomic_file
 from foldwise.params import Params, parse_params
 from foldwise.reports import classification_metrics
 
 
-def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str]:
-    """The variant to train and where it came from: ``pinned`` in params.yaml or ``crossval``."""
-    if p.variant != "auto":
-        return p.variant, "pinned"
+def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str, str]:
+    """The variant to train, where it came from (``pinned`` or ``crossval``) and why."""
     chosen = cv_summary.get("chosen")
-    if chosen not in p.variants:
+    if p.variant != "auto":
+        return p.variant, "pinned", (f"pinned in params.yaml (variant: {p.variant}); "
+                                     f"crossval's best mean was {chosen}")
+    if chosen not in p.compared:
         raise ValueError(
-            f"crossval chose variant {chosen!r}, which params.yaml no longer defines "
-            f"(valid: {', '.join(p.variants)}); re-run crossval (dvc repro)"
+            f"crossval chose variant {chosen!r}, which params.yaml no longer compares "
+            f"(compare: {', '.join(p.compared)}); re-run crossval (dvc repro)"
         )
-    return chosen, "crossval"
+    return chosen, "crossval", cv_summary.get("reason", "best mean cross-validation accuracy")
 
 
 def train_final(train: Any, valid: Any, num_classes: int, p: Params, variant: str,
-                monitor: Monitor | None = None) -> tuple[nn.Module, FitResult]:
+                monitor: Monitor | None = None,
+                checkpoints: Checkpoints | None = None) -> tuple[nn.Module, FitResult]:
     """Train ``variant`` on train, validating on valid each epoch; return the best epoch's model.
 
-    ``train`` and ``valid`` are batch sources (``loaders.open_split``) on the training device.
+    ``train`` and ``valid`` are batch sources (``loaders.open_split``) on the
+    training device. With ``checkpoints``, an interrupted run continues from
+    its last finished epoch.
     """
     vp = p.for_variant(variant)
     train, valid = as_batches(train), as_batches(valid)
+    check_model(train.shape, num_classes, vp)
+    check_augment(train.shape, vp)
     seed_everything(p.seed)
     model = build_model(train.shape, num_classes, vp).to(train.labels.device)
-    result = fit(model, train, valid, vp, p.seed, monitor, tags={"variant": variant})
+    saved = checkpoints.load("final") if checkpoints else None
+    if saved is not None:
+        print(f"resuming training after epoch {len(saved['result']['history'])}", file=sys.stderr)
+    result = fit(model, train, valid, vp, p.seed, monitor, tags={"variant": variant}, resume=saved,
+                 checkpoint=(lambda state: checkpoints.save("final", state)) if checkpoints else None)
     model.load_state_dict(result.best_state)
     return model, result
 
@@ -59,6 +73,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     """Rebuild the model saved by ``save_checkpoint``, in eval mode on ``device``."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     p = parse_params(checkpoint["params"], f"{path} (params)")
+    # the saved weights replace everything: no need for the ImageNet file again
+    p = dataclasses.replace(p, pretrained=False, pretrained_path="")
     model = build_model(tuple(checkpoint["shape"]), len(checkpoint["classes"]), p)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint

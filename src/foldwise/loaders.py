@@ -55,8 +55,11 @@ class Streamed:
         return Streamed(self.files.subset(idx), self.stats, self.device, self.workers)
 
     def batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A DataLoader draws its workers' base seed from its generator: a private one keeps torch's
+        # global stream (dropout) the same as when preloaded. Workers only decode: nothing random.
         loader = DataLoader(self.files, batch_sampler=[b.tolist() for b in order.split(size)],
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))
         for images, labels in loader:
             yield normalise(images, *self._mean_std), labels.to(self.device, non_blocking=True)
 

@@ -62,6 +62,12 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write ``text``."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Atomically write a DataFrame as CSV without its index."""
     with atomic_file(path) as tmp:

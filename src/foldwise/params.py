@@ -41,12 +41,19 @@ class Params:
     channels: int = 0  # 0 = the dataset's own; 1 = grey; 3 = RGB
     memory_budget_mb: int = 4096  # above this, training streams images from disk instead of preloading
     # model
-    model: str = "lenet"
+    model: str = "lenet"  # models.MODELS, or any torchvision classification model name
+    pretrained: bool = False  # start from ImageNet weights (torchvision models), new final layer
+    pretrained_path: str = ""  # a local weights file; "" = torchvision's cache ($TORCH_HOME)
+    width: float = 1.0  # multiplies the hidden widths of mlp and lenet ("small" variant: < 1)
     hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # mlp hidden layer widths
     conv_channels: tuple[int, ...] = (6, 16)  # lenet: channels of its two 5x5 convolutions
     batchnorm: bool = True
     dropout: float = 0.0  # probability in [0, 1)
     init: str = "kaiming"
+    # augmentation of training batches only
+    augment: bool = False
+    augment_padding: int = 2  # pixels of reflection padding before the random crop back to size
+    augment_flip: bool | str = "auto"  # random horizontal flip; auto = where the dataset allows it
     # optimisation
     optimizer: str = "adam"
     lr: float = 0.008  # peak learning rate per batch
@@ -58,6 +65,8 @@ class Params:
     step_size: int = 30  # epochs between StepLR decays
     gamma: float = 0.1  # StepLR / plateau decay factor
     plateau_patience: int = 2  # epochs without valid-loss improvement
+    warmup_epochs: int = 0  # linear warm-up from lr/100 over this many epochs (per batch)
+    patience: int = 0  # early stopping: epochs without a lower valid loss; 0 = off
     batch_size: int = 256
     epochs: int = 6
     # cross-validation and final model
@@ -65,22 +74,43 @@ class Params:
     variants: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: {"baseline": {}}
     )
+    compare: tuple[str, ...] = ()  # variants crossval runs, in order; () = all; "a+b" combines
     variant: str = "auto"
+
+    def overrides(self, name: str) -> dict[str, Any]:
+        """The overrides of variant ``name``; ``a+b`` merges a's and b's (they must not disagree)."""
+        if name in self.variants:
+            return dict(self.variants[name])
+        parts = name.split("+")
+        if len(parts) > 1 and all(parts):
+            merged: dict[str, Any] = {}
+            for part in parts:
+                for key, value in self.overrides(part).items():
+                    if key in merged and merged[key] != value:
+                        raise ParamsError(f"variant {name!r}: its parts set {key} to {merged[key]!r} "
+                                          f"and {value!r}; combine variants that change different keys")
+                    merged[key] = value
+            return merged
+        raise ParamsError(
+            f"variant {name!r} is not defined; valid names: {', '.join(self.variants)}, "
+            f"or several joined by '+' (section 'variants' of params.yaml)"
+        )
 
     def for_variant(self, name: str) -> "Params":
         """These params with the named variant's overrides applied."""
-        if name not in self.variants:
-            raise ParamsError(
-                f"variant {name!r} is not defined; valid names: "
-                f"{', '.join(self.variants)} (section 'variants' of params.yaml)"
-            )
-        return dataclasses.replace(self, **dict(self.variants[name]))
+        return dataclasses.replace(self, **self.overrides(name))
+
+    @property
+    def compared(self) -> list[str]:
+        """The variants crossval runs, in order."""
+        return list(self.compare) or list(self.variants)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy for JSON provenance records."""
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
         out["conv_channels"] = list(self.conv_channels)
+        out["compare"] = list(self.compare)
         out["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
         out["variants"] = {k: dict(v) for k, v in self.variants.items()}
         return out
@@ -96,9 +126,10 @@ LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
 # the data or the CV protocol (a variant that changed the folds would not be
 # comparable with the others).
 VARIANT_KEYS = (
-    "model", "hidden_sizes", "conv_channels", "batchnorm", "dropout", "init", "optimizer", "lr",
+    "model", "pretrained", "pretrained_path", "width", "hidden_sizes", "conv_channels", "batchnorm",
+    "dropout", "init", "augment", "augment_padding", "augment_flip", "optimizer", "lr",
     "momentum", "nesterov", "weight_decay", "l1", "scheduler", "step_size",
-    "gamma", "plateau_patience", "batch_size", "epochs",
+    "gamma", "plateau_patience", "warmup_epochs", "patience", "batch_size", "epochs",
 )
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
 # Keys no DVC stage tracks: they change speed and memory, never results, so
@@ -140,6 +171,14 @@ def _check(key: str, value: Any, where: str) -> Any:
             size = f"{LENGTHS[key]} " if key in LENGTHS else ""
             raise ParamsError(f"{where}{key}: expected a list of {size}positive integers, got {value!r}")
         return tuple(value)
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ParamsError(f"{where}{key}: expected a list of variant names, got {value!r}")
+        return tuple(value)
+    if kind == "bool | str":
+        if value not in (True, False, "auto"):
+            raise ParamsError(f"{where}{key}: expected true, false or auto, got {value!r}")
+        return value
     if kind == "int | tuple[int, int]":
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -178,12 +217,19 @@ def _check_ranges(p: Params, where: str = "") -> None:
         raise bad("dropout", "expected a probability in [0, 1)")
     for key in ("lr", "batch_size", "epochs", "step_size"):
         if getattr(p, key) <= 0:
-            raise bad(key, "expected a positive value")
-    for key in ("weight_decay", "l1", "momentum", "max_images_per_split", "plateau_patience"):
+            raise bad(key, "expected a positive value (valid: > 0)")
+    for key in ("weight_decay", "l1", "momentum", "max_images_per_split", "plateau_patience",
+                "patience", "augment_padding", "warmup_epochs"):
         if getattr(p, key) < 0:
-            raise bad(key, "expected zero or a positive value")
+            raise bad(key, "expected zero or a positive value (valid: >= 0)")
     if not (0 < p.gamma <= 1):
         raise bad("gamma", "expected a factor in (0, 1]")
+    if not (0 < p.width <= 8):
+        raise bad("width", "expected a multiplier in (0, 8]; 0.5 halves every hidden width")
+    if p.warmup_epochs >= p.epochs:
+        raise bad("warmup_epochs", f"expected fewer warm-up epochs than epochs (valid: 0 to {p.epochs - 1})")
+    if p.pretrained_path and not p.pretrained:
+        raise bad("pretrained_path", "is only read with pretrained: true")
     for key in ("valid_size", "test_size"):
         size = getattr(p, key)
         if isinstance(size, float) and not (0 < size < 1):
@@ -191,7 +237,7 @@ def _check_ranges(p: Params, where: str = "") -> None:
         if isinstance(size, int) and size < 1:
             raise bad(key, "an integer must be a count of images >= 1")
     if p.k_folds < 2:
-        raise bad("k_folds", "cross-validation needs at least 2 folds")
+        raise bad("k_folds", "cross-validation needs at least 2 folds (valid: 2 to the smallest class's size)")
     if p.channels not in (0, 1, 3):
         raise bad("channels", "expected 0 (the dataset's own), 1 (grey) or 3 (RGB)")
     if p.memory_budget_mb < 1:
@@ -239,13 +285,20 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     values["variants"] = checked
     params = Params(**values)
     _check_ranges(params, f"{source}: ")
-    for name in checked:
-        _check_ranges(params.for_variant(name), f"{source}: variants.{name}: ")
-    if params.variant != "auto" and params.variant not in checked:
-        raise ParamsError(
-            f"{source}: variant: {params.variant!r} is not defined; "
-            f"valid: auto, {', '.join(checked)}"
-        )
+    pinned = [params.variant] if params.variant != "auto" else []
+    for name in dict.fromkeys([*checked, *params.compare, *pinned]):
+        try:
+            resolved = params.for_variant(name)
+        except ParamsError as exc:
+            if name in checked or "+" in name and all(part in checked for part in name.split("+")):
+                raise ParamsError(f"{source}: {exc}") from None
+            key = "compare" if name in params.compare else "variant"
+            raise ParamsError(
+                f"{source}: {key}: {name!r} is not defined; valid: {'auto, ' if key == 'variant' else ''}"
+                f"{', '.join(checked)} (or several joined by '+', e.g. l2+dropout)") from None
+        _check_ranges(resolved, f"{source}: variants.{name}: ")
+    if len(set(params.compare)) != len(params.compare):
+        raise ParamsError(f"{source}: compare: a variant is listed twice in {list(params.compare)}")
     return params
 
 

@@ -1,0 +1,45 @@
+import dataclasses
+
+import pytest
+import torch
+
+from foldwise.augment import Augmenter, check_augment, flip_allowed
+from foldwise.params import Params
+
+
+def test_each_image_gets_its_own_crop_and_the_shape_is_kept():
+    p = dataclasses.replace(Params(), augment=True, augment_padding=2, augment_flip=False)
+    x = torch.arange(16 * 1 * 8 * 8, dtype=torch.float32).view(16, 1, 8, 8)
+    out = Augmenter(p, seed=0)(x)
+    assert out.shape == x.shape
+    moved = [not torch.equal(a, b) for a, b in zip(out, x)]
+    assert 0 < sum(moved) < 16  # some crops are the centre one (offset 2, 2), most are not
+    # every output is a window of the reflect-padded input
+    from torchvision.transforms.v2 import functional as TF
+
+    padded = TF.pad(x, [2, 2, 2, 2], padding_mode="reflect")
+    for i in range(16):
+        assert any(torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+
+
+def test_flip_mirrors_about_half_the_images_and_is_seeded():
+    p = dataclasses.replace(Params(), augment=True, augment_padding=0, augment_flip=True)
+    x = torch.randn(200, 3, 5, 5)
+    out = Augmenter(p, seed=1)(x)
+    flipped = sum(torch.equal(o, i.flip(-1)) for o, i in zip(out, x))
+    kept = sum(torch.equal(o, i) for o, i in zip(out, x))
+    assert flipped + kept == 200 and 70 < flipped < 130
+    assert torch.equal(out, Augmenter(p, seed=1)(x)) and not torch.equal(out, Augmenter(p, seed=2)(x))
+
+
+def test_flip_auto_asks_the_dataset():
+    assert flip_allowed(dataclasses.replace(Params(), dataset="fashion-mnist"))
+    assert not flip_allowed(dataclasses.replace(Params(), dataset="mnist"))  # a mirrored 3 is no 3
+    assert not flip_allowed(dataclasses.replace(Params(), dataset="digits"))
+    assert flip_allowed(dataclasses.replace(Params(), dataset="digits", augment_flip=True))
+
+
+def test_padding_must_fit_the_image():
+    check_augment((1, 8, 8), dataclasses.replace(Params(), augment=True, augment_padding=7))
+    with pytest.raises(ValueError, match="augment_padding: 8 is too large for 8x8 images; valid: 0 to 7"):
+        check_augment((1, 8, 8), dataclasses.replace(Params(), augment=True, augment_padding=8))
