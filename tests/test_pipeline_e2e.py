@@ -186,3 +186,37 @@ def test_bad_param_fails_clearly_and_loses_nothing(repo):
     assert (repo / "models/model.pt").is_file()
     set_params(repo / "params.yaml", {"lr": "0.02"})
     assert ran_stages(run(repo, "dvc", "repro").stdout) == set()  # nothing was invalidated
+
+
+def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo):
+    """Kill `dvc repro` (the whole process group) with SIGKILL in the middle of crossval, re-run it:
+    the finished folds are not repeated and the metrics are exactly those of an uninterrupted run."""
+    import signal
+    import time
+
+    set_params(repo / "params.yaml", {"epochs": "16"})  # long enough to be killed mid-way
+    run(repo, "dvc", "repro", "crossval")
+    reference = {name: (repo / name).read_bytes() for name in ("reports/cv.json", "reports/cv/summary.md")}
+    folds = (repo / "reports/cv/folds.csv").read_text()
+    checkpoints = repo / ".foldwise" / "checkpoints" / "crossval"
+    assert not checkpoints.exists()  # a finished stage leaves no checkpoint behind
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu"}
+    victim = subprocess.Popen(["dvc", "repro", "--force", "crossval"], cwd=repo, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/run002.pt")):  # the third of six runs has started
+        assert victim.poll() is None, "crossval finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert not (repo / "reports/cv.json").exists()  # nothing half-written that could pass for a result
+
+    resumed = run(repo, "dvc", "repro", "crossval")
+    assert "resuming" in resumed.stderr + resumed.stdout
+    assert {name: (repo / name).read_bytes() for name in reference} == reference
+    strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # all but the seconds column
+    assert strip((repo / "reports/cv/folds.csv").read_text()) == strip(folds)
+    assert not checkpoints.exists()
