@@ -146,3 +146,34 @@ def test_checkpoints_of_other_params_are_never_resumed(tmp_path):
     Checkpoints("crossval", "old", tmp_path).save("run000", {"done": True})
     fresh = Checkpoints("crossval", "new", tmp_path)
     assert fresh.load("run000") is None and not (tmp_path / "crossval" / "old").exists()
+
+
+def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, tiny_stats):
+    from pathlib import Path
+
+    from torch import nn
+
+    from foldwise.engine import make_optimizer
+    from foldwise.models import build_model
+    from foldwise.params import load_params
+
+    p = dataclasses.replace(load_params(Path(__file__).resolve().parents[1] / "params.yaml"),
+                            epochs=1, batch_size=16, k_folds=2, compare=())
+    base = p.for_variant("baseline")
+    claims = {
+        "baseline": lambda v: v == base,
+        "l2": lambda v: make_optimizer(build_model((1, 12, 12), 3, v), v).param_groups[0]["weight_decay"] > 0,
+        "l1": lambda v: v.l1 > 0,
+        "dropout": lambda v: any(isinstance(m, nn.Dropout) for m in build_model((1, 12, 12), 3, v).modules()),
+        "augment": lambda v: v.augment,
+        "early_stop": lambda v: v.patience > 0,
+        "batchnorm": lambda v: any(isinstance(m, nn.BatchNorm2d) for m in build_model((1, 12, 12), 3, v).modules()),
+        "small": lambda v: sum(t.numel() for t in build_model((1, 12, 12), 3, v).parameters())
+        < sum(t.numel() for t in build_model((1, 12, 12), 3, base).parameters()),
+    }
+    assert set(p.variants) == set(claims), "a variant in params.yaml has no claim checked here"
+    for name, claim in claims.items():
+        assert claim(p.for_variant(name)), name
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    result = run_crossval((x, tiny_set.labels), 3, p)
+    assert list(result.summary["variants"]) == list(p.variants)
