@@ -64,7 +64,8 @@ def ingest(photos: int) -> dict:
 def one_epoch(prepared: str, budget_mb: int, workers: int) -> dict:
     import torch
 
-    from foldwise.engine import make_optimizer, train_one_epoch
+    from foldwise.engine import train_one_epoch
+    from foldwise.optim import make_optimizer
     from foldwise.data import read_classes, split_files
     from foldwise.loaders import open_split, uint8_chunks
     from foldwise.models import build_model

@@ -153,7 +153,7 @@ def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, 
 
     from torch import nn
 
-    from foldwise.engine import make_optimizer
+    from foldwise.optim import make_optimizer
     from foldwise.models import build_model
     from foldwise.params import load_params
 

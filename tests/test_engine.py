@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from foldwise.engine import (Schedule, choose_device, evaluate, fit, l1_penalty, make_optimizer,
-                             seed_everything, to_inputs)
+from foldwise.engine import choose_device, evaluate, fit, seed_everything, to_inputs
+from foldwise.optim import Schedule, l1_penalty, make_optimizer
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
 
