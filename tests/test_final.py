@@ -46,3 +46,18 @@ def test_evaluate_rejects_other_classes(tmp_path, tiny_set, tiny_stats, tiny_par
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
     with pytest.raises(ValueError, match="differ from the model's"):
         evaluate_on(loaded, checkpoint, valid, ["a", "b", "c"])
+
+
+def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set, tiny_stats, tiny_params):
+    from foldwise.checkpoints import Checkpoints
+    from tests.test_crossval import Interrupted, Killed
+
+    train, valid = split(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=3)
+    whole, whole_result = train_final(train, valid, 3, p, "dropout")
+    with pytest.raises(Interrupted):  # killed after the first epoch's checkpoint
+        train_final(train, valid, 3, p, "dropout", checkpoints=Killed("train", "k", tmp_path, n=1))
+    resumed, result = train_final(train, valid, 3, p, "dropout", checkpoints=Checkpoints("train", "k", tmp_path))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(result.history) == strip(whole_result.history)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
