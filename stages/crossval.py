@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from foldwise.checkpoints import Checkpoints, fingerprint
+from foldwise.checkpoints import for_stage
 from foldwise.cli import run_stage
 from foldwise.crossval import cv_table, explain_choice, run_crossval
 from foldwise.data import read_classes
@@ -12,7 +12,7 @@ from foldwise.engine import choose_device
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json, write_text
-from foldwise.params import UNTRACKED, load_params
+from foldwise.params import load_params
 
 
 def main() -> None:
@@ -30,9 +30,8 @@ def main() -> None:
     stats = json.loads(Path(args.stats).read_text())
     train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
     classes = read_classes(args.prepared)
-    inputs = [Path(args.prepared) / "manifest.csv", args.stats]
-    config = {k: v for k, v in p.to_dict().items() if k not in UNTRACKED} | {"device": device.type}
-    checkpoints = Checkpoints("crossval", fingerprint(config, inputs))
+    checkpoints = for_stage("crossval", p.to_dict(), device.type,
+                            [Path(args.prepared) / "manifest.csv", args.stats])
     result = run_crossval(train, len(classes), p, ConsoleMonitor(), checkpoints)
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.checkpoints import Checkpoints, fingerprint
+from foldwise.checkpoints import for_stage
 from foldwise.cli import run_stage
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
@@ -14,7 +14,7 @@ from foldwise.final import resolve_variant, save_checkpoint, train_final
 from foldwise.loaders import open_split
 from foldwise.monitor import ConsoleMonitor
 from foldwise.outputs import remove_outputs, write_csv, write_json
-from foldwise.params import UNTRACKED, load_params
+from foldwise.params import load_params
 
 
 def main() -> None:
@@ -33,9 +33,8 @@ def main() -> None:
     device = choose_device()
     train, valid = (open_split(args.prepared, s, stats, device, p.memory_budget_mb) for s in ("train", "valid"))
     classes = read_classes(args.prepared)
-    config = {k: v for k, v in p.for_variant(variant).to_dict().items() if k not in UNTRACKED}
-    checkpoints = Checkpoints("train", fingerprint(config | {"device": device.type},
-                                                   [Path(args.prepared) / "manifest.csv", args.stats]))
+    checkpoints = for_stage("train", p.for_variant(variant).to_dict(), device.type,
+                            [Path(args.prepared) / "manifest.csv", args.stats])
     model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor(), checkpoints)
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))

@@ -1,9 +1,12 @@
+import copy
 import dataclasses
 
 import pytest
 import torch
 
-from foldwise.engine import choose_device, evaluate, fit, seed_everything, to_inputs
+from foldwise.augment import Augmenter
+from foldwise.engine import (Preloaded, choose_device, evaluate, fit, seed_everything, to_inputs,
+                             train_one_epoch)
 from foldwise.optim import Schedule, l1_penalty, make_optimizer
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
@@ -170,8 +173,6 @@ def test_early_stopping_stops_and_restores_the_best_weights(tiny_set, tiny_stats
 def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_params):
     """A softmax model with a learning rate too small to learn: the train loss is the loss of the
     batches it saw. Without augmentation it equals the evaluation loss; with it, it does not."""
-    from foldwise.engine import Preloaded, train_one_epoch
-
     train, _ = data(tiny_set, tiny_stats)
     source = Preloaded(*train)
     losses = {}
@@ -180,8 +181,6 @@ def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_p
                                 optimizer="sgd", momentum=0.0)
         seed_everything(0)
         model = build_model((1, 12, 12), 3, p)
-        from foldwise.augment import Augmenter
-
         augmenter = Augmenter(p, 0) if augment else None
         losses[augment] = train_one_epoch(model, source, make_optimizer(model, p), p,
                                           torch.Generator().manual_seed(0), augmenter=augmenter)[0]
@@ -197,8 +196,8 @@ def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, ti
     states = []
     seed_everything(3)
     whole_model = build_model((1, 12, 12), 3, p)
-    whole = fit(whole_model, train, valid, p, seed=3, checkpoint=lambda s: states.append(
-        {k: (dict(v) if isinstance(v, dict) else v) for k, v in __import__("copy").deepcopy(s).items()}))
+    # deep copies: the state holds the live weights, which later epochs change
+    whole = fit(whole_model, train, valid, p, seed=3, checkpoint=lambda s: states.append(copy.deepcopy(s)))
     assert len(states) == 4
     seed_everything(3)
     torch.manual_seed(999)  # the global stream (dropout) must come from the checkpoint, not from here

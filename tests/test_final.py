@@ -14,7 +14,12 @@ def split(tiny_set, stats):
 
 
 def test_resolve_variant(tiny_params):
-    assert resolve_variant(tiny_params, {"chosen": "l2"})[:2] == ("l2", "crossval")
+    from foldwise.crossval import explain_choice, summarize
+    from tests.test_crossval import folds_table
+
+    summary = summarize(folds_table({"baseline": [0.80, 0.82], "l2": [0.85, 0.87]}))
+    assert summary["chosen"] == "l2"
+    assert resolve_variant(tiny_params, summary) == ("l2", "crossval", explain_choice(summary))
     pinned = dataclasses.replace(tiny_params, variant="dropout")
     variant, source, reason = resolve_variant(pinned, {"chosen": "l2"})
     assert (variant, source) == ("dropout", "pinned")

@@ -37,6 +37,14 @@ def fingerprint(config: Any, files: Iterable[str | Path] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
+def for_stage(stage: str, params: dict[str, Any], device: str, inputs: Iterable[str | Path]) -> "Checkpoints":
+    """The checkpoints of ``stage`` for these params (minus the untracked ones), device and input files."""
+    from foldwise.params import UNTRACKED
+
+    config = {k: v for k, v in params.items() if k not in UNTRACKED} | {"device": device}
+    return Checkpoints(stage, fingerprint(config, inputs))
+
+
 class Checkpoints:
     """Named checkpoints of one stage, valid only for one ``key`` (see ``fingerprint``)."""
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from foldwise.augment import check_augment
 from foldwise.checkpoints import Checkpoints
+from foldwise.crossval import explain_choice
 from foldwise.engine import FitResult, as_batches, fit, predict, seed_everything
 from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor
@@ -33,7 +34,7 @@ def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str, st
             f"crossval chose variant {chosen!r}, which params.yaml no longer compares "
             f"(compare: {', '.join(p.compared)}); re-run crossval (dvc repro)"
         )
-    return chosen, "crossval", cv_summary.get("reason", "best mean cross-validation accuracy")
+    return chosen, "crossval", explain_choice(cv_summary)
 
 
 def train_final(train: Any, valid: Any, num_classes: int, p: Params, variant: str,
