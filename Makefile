@@ -1,5 +1,6 @@
-# make run  - install everything the project needs, then run the whole pipeline
-# make test - install everything, then run the test suite
+# make run    - install everything the project needs, then run the whole pipeline
+# make test   - install everything (and Chromium, for the browser tests), then run the test suite
+# make visdom - start the live view on http://127.0.0.1:8097 (offline; see README)
 # Both create (or reuse) the virtual environment .venv/ in the repo.
 
 SHELL := /bin/bash
@@ -17,13 +18,16 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Telemetry cannot reach its server offline; don't try.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test system clean
+.PHONY: run test visdom system browser clean
 
 run: $(STAMP)
 	dvc repro
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest
+
+visdom: $(STAMP)
+	$(BIN)/foldwise-visdom
 
 # Debian packages: Fashion-MNIST (a local mirror the download stage tries
 # first, no network needed) and venv support. Skipped where present or where
@@ -40,9 +44,20 @@ system:
 	  else echo "warning: no apt-get; not installing$$need" >&2; fi; \
 	fi
 
+# Debian's Chromium: the tests load the live view in a real headless browser.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian package: chromium"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; \
+	  else echo "warning: no apt-get; install Chromium yourself (the browser tests need it)" >&2; fi; }
+
+# Visdom's page assets come from the npm registry (pinned, sha512-checked),
+# so its server never downloads at start.
 $(STAMP): pyproject.toml constraints.txt | system
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/foldwise-visdom install-assets
 	touch $(STAMP)
 
 clean:
