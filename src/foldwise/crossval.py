@@ -173,6 +173,8 @@ def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None
         if saved is not None and saved.get("done"):
             rows.append(saved["row"])
             history.extend(saved["history"])
+            if monitor is not None:
+                monitor.on_fold_end(saved["row"])
             continue
         if saved is not None:
             print(f"resuming {variant} fold {fold} after epoch {len(saved['result']['history'])}", file=sys.stderr)
@@ -202,6 +204,8 @@ def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None
             checkpoints.save(name, {"done": True, "row": row, "history": result.history})
         rows.append(row)
         history.extend(result.history)
+        if monitor is not None:
+            monitor.on_fold_end(row)
     folds_df = pd.DataFrame(rows)
     summary = {"k_folds": p.k_folds, **summarize(folds_df)}
     return CVResult(pd.DataFrame(history), folds_df, summary)

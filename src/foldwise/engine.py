@@ -129,7 +129,8 @@ def _channels_last(model: nn.Module, device: torch.device) -> bool:
 
 def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
                     p: Params, generator: torch.Generator, schedule: Schedule | None = None,
-                    augmenter: Augmenter | None = None) -> tuple[float, float]:
+                    augmenter: Augmenter | None = None,
+                    on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
 
     ``data`` is a batch source (see ``as_batches``); the shuffling order is
@@ -137,7 +138,9 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
     batches. ``augmenter`` (training only) transforms each batch. The
     reported loss is the data term only, so runs with and without L1
     compare. A trailing batch of one image is dropped: BatchNorm cannot train
-    on it.
+    on it. ``on_step(batches_done, loss, lr)`` (a monitor) gets each batch's
+    detached loss tensor, still on the device: reading it is the monitor's
+    choice, so no batch waits for the device here.
     """
     model.train()
     data = as_batches(data)
@@ -151,7 +154,7 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    for x, y in data.batches(order, p.batch_size):
+    for step, (x, y) in enumerate(data.batches(order, p.batch_size), 1):
         if augmenter is not None:
             x = augmenter(x)
         if nhwc:
@@ -163,6 +166,8 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step, data_loss.detach(), optimizer.param_groups[0]["lr"])
         if schedule is not None:
             schedule.after_batch()
         loss_sum += data_loss.detach() * len(y)
@@ -188,12 +193,19 @@ def predict(model: nn.Module, data: Any) -> torch.Tensor:
 
 def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (a batch source or an (x, y) pair)."""
+    loss, acc, _ = evaluate_predictions(model, data)
+    return loss, acc
+
+
+def evaluate_predictions(model: nn.Module, data: Any) -> tuple[float, float, torch.Tensor]:
+    """``evaluate``, plus the predicted class of every image (on the device)."""
     data = as_batches(data)
     logits = predict(model, data)
     labels = data.labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return loss, acc
+    predicted = logits.argmax(1)
+    acc = (predicted == labels).float().mean().item()
+    return loss, acc, predicted
 
 
 @dataclass
@@ -231,6 +243,14 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _step_hook(monitor: Monitor, tags: dict[str, Any], done: int,
+               steps: int) -> Callable[[int, torch.Tensor, float], None] | None:
+    """``train_one_epoch``'s per-batch callback for ``monitor``, its x axis in epochs; None when unwanted."""
+    if not monitor.wants_steps:
+        return None
+    return lambda step, loss, lr: monitor.on_step(tags, done + step / steps, loss, lr)
+
+
 def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor: Monitor | None = None,
         tags: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
         checkpoint: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
@@ -252,7 +272,8 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(p, seed) if p.augment else None
     optimizer = make_optimizer(model, p)
-    schedule = Schedule(optimizer, p, max(1, -(-len(train) // p.batch_size)))
+    steps = max(1, -(-len(train) // p.batch_size))  # batches per epoch
+    schedule = Schedule(optimizer, p, steps)
     result = FitResult()
     by_loss = p.patience > 0  # early stopping watches the valid loss
     if resume is not None:
@@ -268,8 +289,11 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
         epoch = len(result.history) + 1
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(model, train, optimizer, p, generator, schedule, augmenter)
-        valid_loss, valid_acc = evaluate(model, valid)
+        train_loss, train_acc = train_one_epoch(model, train, optimizer, p, generator, schedule, augmenter,
+                                                _step_hook(monitor, tags, epoch - 1, steps))
+        valid_loss, valid_acc, predicted = evaluate_predictions(model, valid)
+        if monitor.wants_predictions:
+            monitor.on_predictions({**tags, "epoch": epoch}, valid.labels, predicted)
         schedule.after_epoch(valid_loss)
         row = {**tags, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr,
