@@ -10,7 +10,7 @@ from foldwise.crossval import cv_table, explain_choice, run_crossval
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.loaders import open_split
-from foldwise.monitor import ConsoleMonitor
+from foldwise.live import monitor_from_env
 from foldwise.outputs import remove_outputs, write_csv, write_json, write_text
 from foldwise.params import load_params
 
@@ -32,7 +32,13 @@ def main() -> None:
     classes = read_classes(args.prepared)
     checkpoints = for_stage("crossval", p.to_dict(), device.type,
                             [Path(args.prepared) / "manifest.csv", args.stats])
-    result = run_crossval(train, len(classes), p, ConsoleMonitor(), checkpoints)
+    monitor = monitor_from_env("crossval")
+    monitor.start({"stage": "crossval", "params": p.to_dict(), "device": str(device), "classes": classes,
+                   "total_epochs": p.k_folds * sum(p.for_variant(v).epochs for v in p.compared)})
+    try:
+        result = run_crossval(train, len(classes), p, monitor, checkpoints)
+    finally:
+        monitor.close()
     write_csv(args.history, result.history.round(6))
     write_csv(args.folds, result.folds.round(6))
     write_json(args.summary, {**result.summary, "device": device.type})

@@ -6,6 +6,7 @@ from foldwise.cli import run_stage
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.final import evaluate_on, load_checkpoint
+from foldwise.live import monitor_from_env, show_test
 from foldwise.loaders import open_split
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params, parse_params
@@ -31,6 +32,10 @@ def main() -> None:
     write_json(args.metrics, {"test": metrics, "provenance": {
         **provenance(p, checkpoint["variant"], device), "test_images": len(predictions)}})
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    monitor = monitor_from_env("evaluate", predictions=True)  # live view: test confusion and example images
+    monitor.start({"stage": "evaluate", "params": p.to_dict(), "device": str(device), "classes": classes})
+    show_test(monitor, args.prepared, predictions, classes, p.seed)
+    monitor.close()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.final import resolve_variant, save_checkpoint, train_final
 from foldwise.loaders import open_split
-from foldwise.monitor import ConsoleMonitor
+from foldwise.live import monitor_from_env
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params
 
@@ -35,7 +35,13 @@ def main() -> None:
     classes = read_classes(args.prepared)
     checkpoints = for_stage("train", p.for_variant(variant).to_dict(), device.type,
                             [Path(args.prepared) / "manifest.csv", args.stats])
-    model, result = train_final(train, valid, len(classes), p, variant, ConsoleMonitor(), checkpoints)
+    monitor = monitor_from_env("train", predictions=True)
+    monitor.start({"stage": "train", "params": p.for_variant(variant).to_dict(), "device": str(device),
+                   "classes": classes, "total_epochs": p.for_variant(variant).epochs})
+    try:
+        model, result = train_final(train, valid, len(classes), p, variant, monitor, checkpoints)
+    finally:
+        monitor.close()
     best = result.history[result.best_epoch - 1]
     write_csv(args.history, pd.DataFrame(result.history).round(6))
     write_json(args.summary, {"variant": variant, "variant_source": source,
