@@ -105,13 +105,16 @@ def test_server_url_from_the_environment_variable(monkeypatch):
 def test_env_name_is_the_experiment_or_the_runs_start(tmp_path):
     assert env_name({"FOLDWISE_VISDOM_ENV": "mine", "DVC_EXP_NAME": "x"}) == "mine"
     assert env_name({"DVC_EXP_NAME": "funny-dado"}) == "foldwise_funny-dado"
-    # two stages started by one command, a second apart, share the run's name
+    # two stages started by one `dvc` command, a second apart, share the name of its start time
     code = "from foldwise.live import env_name; print(env_name({}))"
-    script = f'{sys.executable} -c "{code}"; sleep 1.1; {sys.executable} -c "{code}"'
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
-                         start_new_session=True).stdout.split()
+    dvc = tmp_path / "dvc"  # stands in for dvc: a parent process whose command is `dvc`
+    dvc.write_text(f'#!/bin/sh\nsleep 1.1\n{sys.executable} -c "{code}"; sleep 1.1; sh -c \'{sys.executable} -c "{code}"\'\n')
+    dvc.chmod(0o755)
+    out = subprocess.run([str(dvc)], capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == 2 and out[0] == out[1]
     assert out[0].startswith("foldwise_20") and len(out[0]) == len("foldwise_2026-11-21-101500")
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert alone != out[0]  # without dvc: the stage's own start, two seconds later
 
 
 def test_every_setting(monkeypatch):

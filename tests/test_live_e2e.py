@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,12 @@ def test_a_dvc_experiment_streams_into_the_offline_live_view(net, tmp_path):
     assert set(replayed) == set(windows)
     for name, window in windows.items():
         assert {**replayed[name], "contentID": None} == {**window, "contentID": None}, name
+    # a plain `dvc repro` (no experiment name): its stages share one environment named by its start
+    done = net.run(["dvc", "repro", "--force", "train", "evaluate"], cwd=repo, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = set(re.findall(r"live view: \S+/env/(\S+) ", done.stderr))
+    assert len(names) == 1 and re.fullmatch(r"foldwise_\d{4}-\d\d-\d\d-\d{6}", name := names.pop())
+    assert {"train_loss", "train_confusion", "evaluate_examples"} <= set(server.windows(name))
     later.stop()
     assert "Downloading scripts" not in server.stop()
 

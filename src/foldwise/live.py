@@ -61,16 +61,36 @@ def server_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def run_started() -> float:
-    """When the command that runs this stage started (epoch seconds), so its stages share one environment.
+def _proc_stat(pid: int) -> tuple[int, int]:
+    """(parent pid, start time in clock ticks after boot) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
 
-    ``dvc repro`` runs each stage as a child in its own process group; the
-    group leader's start time (from /proc) is the run's. Elsewhere: now.
+
+def _is_dvc(pid: int) -> bool:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
+    return any(Path(arg.decode(errors="replace")).name == "dvc" for arg in argv)
+
+
+def run_started() -> float:
+    """When the ``dvc`` command running this stage started (epoch seconds), so its stages share one environment.
+
+    Found by walking up the parent processes to the nearest ``dvc`` (Linux
+    /proc); without one (a stage run by hand, another OS): this process's start.
     """
     try:
-        ticks = int(Path(f"/proc/{os.getpgrp()}/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
+        pid = os.getpid()
+        ticks = _proc_stat(pid)[1]
+        for _ in range(8):
+            parent = _proc_stat(pid)[0]
+            if parent <= 1:
+                break
+            pid = parent
+            if _is_dvc(pid):
+                ticks = _proc_stat(pid)[1]
+                break
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
@@ -361,6 +381,8 @@ class VisdomMonitor(Monitor):
         layout = self._viz.out[-1][1]["layout"]
         for axis in ("xaxis", "yaxis"):  # class names, even "0".."9", are categories: one tick each
             layout[axis] = {**layout.get(axis, {}), "type": "category", "dtick": 1}
+        longest = max(len(str(c)) for c in classes)  # room for the names, about 7 px a character
+        layout["margin"] = {"l": 40 + 7 * longest, "b": 40 + 5 * longest, "t": 50, "r": 20}
 
     def _draw_fold(self, row: dict[str, Any]) -> None:
         self._folds.append(row)
