@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from foldwise.engine import fit, seed_everything, to_inputs
-from foldwise.live import (VisdomMonitor, env_name, examples_grid, monitor_from_env, parse_every, pick_examples,
-                           run_label, server_url)
+from foldwise.live import env_name, monitor_from_env, parse_every, pick_examples, server_url
+from foldwise.reports import examples_grid
+from foldwise.visdom_monitor import VisdomMonitor, run_label
 from foldwise.models import build_model
 from foldwise.monitor import ConsoleMonitor, Monitor, Monitors
 

@@ -244,7 +244,7 @@ def test_a_login_server_accepts_only_the_monitor_that_logs_in(net, tmp_path):
     code = f"""
 import os, torch
 os.environ.update({login!r})
-from foldwise.live import VisdomMonitor, Sender
+from foldwise.visdom_monitor import VisdomMonitor, Sender
 m = VisdomMonitor('{server.url}', 'locked', '{tmp_path / "log.jsonl"}', 'train', every=(1, None))
 m.start({{'stage': 'train', 'total_epochs': 1, 'params': {{}}, 'device': 'cpu'}})
 m.on_epoch_end({{'variant': 'l2', 'epoch': 1, 'train_loss': 0.5, 'train_acc': 0.8, 'valid_loss': 0.6,

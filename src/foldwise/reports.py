@@ -109,3 +109,27 @@ def plot_confusion(predictions: pd.DataFrame, classes: list[str], path: str | Pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def examples_grid(images: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
+                  classes: list[str]) -> np.ndarray:
+    """uint8 N x C x H x W images -> one 3 x H x W uint8 picture, each titled "true / predicted"."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    cols = min(8, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(cols * 1.2, rows * 1.7), dpi=100)  # no pyplot: safe off the main thread
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        img = images[i].transpose(1, 2, 0)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{classes[actual[i]]} /\n{classes[predicted[i]]}", fontsize=8,
+                     color="black" if actual[i] == predicted[i] else "red")
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1))

@@ -84,7 +84,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, env_path: Path = D
 
 def replay(log: Path, server: str) -> int:
     """Send a monitor's event log to a running server; returns the number of events sent."""
-    from foldwise.live import Sender, server_url
+    from foldwise.live import server_url
+    from foldwise.visdom_monitor import Sender
 
     return Sender(server_url(server) or server).replay(Path(log))
 
