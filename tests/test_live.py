@@ -197,3 +197,12 @@ def test_examples_grid_titles_each_image_and_marks_mistakes():
     assert (((right[0] > 150) & (right[1] < 110) & (right[2] < 110)).sum()) == 0
     assert list(pick_examples(1000, seed=7)) == list(pick_examples(1000, seed=7))
     assert len(pick_examples(5, seed=7)) == 5 and len(set(pick_examples(1000, seed=7))) == 32
+
+
+def test_an_unwritable_log_costs_one_warning_and_nothing_else(tmp_path, tiny_set, tiny_stats, tiny_params, capfd):
+    log = tmp_path / "a-directory.jsonl"
+    log.mkdir()  # opening it for writing fails
+    result = train_with(VisdomMonitor(refused_url(), "env", log, "crossval"), tiny_set, tiny_stats, tiny_params)
+    err = capfd.readouterr().err
+    assert len(result.history) == tiny_params.epochs
+    assert err.count("warning") == 1 and f"cannot write the event log {log}" in err

@@ -188,21 +188,31 @@ class VisdomMonitor(Monitor):
         self.warnings.append(text)
 
     def _work(self) -> None:
-        with open(self.log, "a", encoding="utf-8") as log:
-            while True:
-                event = self._queue.get()
-                if event is _STOP:
-                    return
-                try:
-                    messages = self._draw(*event)
-                except Exception as exc:  # noqa: BLE001 - a drawing bug must not end the thread
-                    self._warn(f"could not draw {event[0]!r} ({type(exc).__name__}: {exc}); training continues")
-                    continue
-                for endpoint, msg in messages:
-                    if endpoint in ("events", "update"):  # what visdom's replay_log accepts
+        try:
+            log = open(self.log, "a", encoding="utf-8")  # noqa: SIM115 - held for the thread's life
+        except OSError as exc:
+            self._warn(f"cannot write the event log {self.log} ({exc}); the live view is not logged")
+            log = None
+        while True:
+            event = self._queue.get()
+            if event is _STOP:
+                break
+            try:
+                messages = self._draw(*event)
+            except Exception as exc:  # noqa: BLE001 - a drawing bug must not end the thread
+                self._warn(f"could not draw {event[0]!r} ({type(exc).__name__}: {exc}); training continues")
+                continue
+            for endpoint, msg in messages:
+                if log is not None and endpoint in ("events", "update"):  # what visdom's replay_log accepts
+                    try:
                         log.write(json.dumps([endpoint, msg]) + "\n")
                         log.flush()
-                    self._deliver(endpoint, msg)
+                    except OSError as exc:  # a full disk: keep posting, stop logging
+                        self._warn(f"cannot write the event log {self.log} ({exc})")
+                        log = None
+                self._deliver(endpoint, msg)
+        if log is not None:
+            log.close()
 
     def _deliver(self, endpoint: str, msg: dict[str, Any]) -> None:
         now = time.monotonic()
