@@ -20,10 +20,12 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: run test visdom system browser clean
 
-run: $(STAMP)
+PLOTS_TEMPLATE := .foldwise/plots/offline.html
+
+run: $(STAMP) $(PLOTS_TEMPLATE)
 	dvc repro
 
-test: $(STAMP) browser
+test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
 
 visdom: $(STAMP)
@@ -59,6 +61,11 @@ $(STAMP): pyproject.toml constraints.txt | system
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(BIN)/foldwise-visdom install-assets
 	touch $(STAMP)
+
+# `dvc plots show/diff` pages that need no network: .dvc/config points at this
+# template, which inlines pinned vega, vega-lite and vega-embed from npm.
+$(PLOTS_TEMPLATE): | $(STAMP)
+	$(BIN)/python -m foldwise.plots_html
 
 clean:
 	rm -rf $(VENV)

@@ -208,6 +208,13 @@ def test_a_dvc_experiment_streams_into_the_offline_live_view(net, tmp_path):
     # switching the live view on or off re-runs nothing
     assert ran_stages(run(repo, "dvc", "repro").stdout) == set()
 
+    # `dvc plots show` with no flags writes a page whose Vega plots draw offline (.dvc/config's template)
+    run(repo, "dvc", "plots", "show", "-o", "plots-html")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    dom = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-plots'}",
+                   "--virtual-time-budget=15000", "--dump-dom", f"file://{repo / 'plots-html/index.html'}"]).stdout
+    assert dom.count('class="marks"') == 4, dom[-2000:]  # vega-embed drew all four data plots
+
     # a real browser renders the plots: count pixels of plotly's trace colours
     shot = screenshot(net, f"{server.url}/env/foldwise_live-run", ARTIFACTS / "live-view.png", tmp_path)
     drawn = {c: colour_pixels(shot, c) for c in [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]}

@@ -55,6 +55,11 @@ def make_clone(repo: Path) -> None:
     for name in tracked_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
+    # what the set-up (make) adds: the offline `dvc plots` page template that .dvc/config names
+    template = ROOT / ".foldwise/plots/offline.html"
+    assert template.is_file(), "run `make test`: it writes the dvc plots template"
+    (repo / template.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, repo / template.relative_to(ROOT))
     run(repo, "git", "init", "-q")
     # dvc exp run commits through its own git library: give the repo an identity
     run(repo, "git", "config", "user.name", "foldwise test")
@@ -172,6 +177,7 @@ def test_exp_run_reruns_only_training_stages_and_compares(repo):
     run(repo, "dvc", "plots", "show", "--out", "plots-html")
     html = (repo / "plots-html" / "index.html").read_text()
     assert "Test confusion matrix" in html and "learning_curves.png" in html
+    assert "<script src=" not in html and "/* vega-embed@6.18.2 */" in html  # .dvc/config's offline template
 
 
 def test_bad_param_fails_clearly_and_loses_nothing(repo):

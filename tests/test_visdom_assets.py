@@ -10,8 +10,8 @@ import tarfile
 import pytest
 
 from foldwise import visdom_assets
-from foldwise.visdom_assets import (ASSETS, check_integrity, install_assets, missing_assets, tarball_url,
-                                    visdom_version)
+from foldwise.npm import check_integrity, tarball_url
+from foldwise.visdom_assets import ASSETS, install_assets, missing_assets, visdom_version
 
 
 def npm_tarball(files: dict[str, bytes]) -> bytes:

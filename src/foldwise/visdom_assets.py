@@ -11,18 +11,9 @@ good one.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import os
-import tarfile
-import tempfile
-import urllib.request
 from pathlib import Path
 
-REGISTRY_ENV = "npm_config_registry"  # npm's own setting: a mirror, when the public registry is out of reach
-DEFAULT_REGISTRY = "https://registry.npmjs.org"
-TIMEOUT_S = 60.0
+from foldwise import npm
 
 # npm package -> (sha512 integrity of its tarball, {path in tarball: file under visdom/static/}).
 MATHJAX = "js/mathjax/2.7.5/"
@@ -111,28 +102,8 @@ def missing_assets(static: Path | None = None) -> list[str]:
     return missing
 
 
-def tarball_url(spec: str, registry: str | None = None) -> str:
-    """``name@version`` -> the registry's tarball URL (npm's fixed layout: ``name/-/name-version.tgz``)."""
-    name, version = spec.rsplit("@", 1)
-    registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
-    return f"{registry}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
-
-
-def check_integrity(spec: str, data: bytes, integrity: str) -> None:
-    """Raise unless ``data`` has the pinned sha512 (npm's ``integrity`` field without ``sha512-``)."""
-    actual = base64.b64encode(hashlib.sha512(data).digest()).decode()
-    if actual != integrity:
-        raise ValueError(f"{spec}: tarball sha512 is {actual}, expected the pinned {integrity}; "
-                         "the registry or a mirror served different bytes, so nothing was installed")
-
-
-def _fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 - a fixed https registry
-        return response.read()
-
-
 def install_assets(static: Path | None = None, registry: str | None = None,
-                   fetch=_fetch, log=print) -> int:
+                   fetch=npm.fetch, log=print) -> int:
     """Install every missing asset under ``static`` (visdom's own by default); returns files written.
 
     Each tarball is checked against its pinned sha512 before any file from it
@@ -146,35 +117,11 @@ def install_assets(static: Path | None = None, registry: str | None = None,
         wanted = {member: rel for member, rel in files.items() if not (static / rel).is_file()}
         if not wanted:
             continue
-        url = tarball_url(spec, registry)
-        log(f"visdom assets: {spec} from {url}")
-        try:
-            data = fetch(url)
-        except OSError as exc:
-            raise OSError(f"could not download {spec} from {url} ({exc}); set {REGISTRY_ENV} to an npm "
-                          "mirror you can reach, or run the set-up where the npm registry answers") from exc
-        check_integrity(spec, data, integrity)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for member, rel in wanted.items():
-                extracted = tar.extractfile(member)
-                if extracted is None:
-                    raise ValueError(f"{spec}: {member} is not a file in {url}")
-                _write_atomic(static / rel, extracted.read())
-                written += 1
+        contents = npm.checked_files(spec, integrity, list(wanted), registry, fetch, log)
+        for member, rel in wanted.items():
+            npm.write_atomic(static / rel, contents[member])
+            written += 1
     if missing_assets(static) == ["version.built"]:
-        _write_atomic(static / "version.built", visdom_version().encode())
+        npm.write_atomic(static / "version.built", visdom_version().encode())
         written += 1
     return written
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
