@@ -64,7 +64,8 @@ $(STAMP): pyproject.toml constraints.txt | system
 
 # `dvc plots show/diff` pages that need no network: .dvc/config points at this
 # template, which inlines pinned vega, vega-lite and vega-embed from npm.
-$(PLOTS_TEMPLATE): | $(STAMP)
+$(PLOTS_TEMPLATE): src/foldwise/plots_html.py | $(STAMP)
+	rm -f $@
 	$(BIN)/python -m foldwise.plots_html
 
 clean:
