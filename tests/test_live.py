@@ -165,7 +165,9 @@ def test_a_failing_server_costs_one_warning_and_the_log_keeps_everything(
 def test_step_points_are_the_mean_loss_since_the_last_point(tmp_path, tiny_set, tiny_stats, tiny_params):
     class Losses(Monitor):
         wants_steps = True
-        losses: list[float] = []
+
+        def __init__(self) -> None:
+            self.losses: list[float] = []
 
         def _step(self, tags, epoch, loss, lr):
             self.losses.append(float(loss))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix
 
 from foldwise.monitor import ConsoleMonitor, Monitor, Monitors
 from foldwise.visdom_monitor import VisdomMonitor
@@ -22,7 +23,6 @@ from foldwise.visdom_monitor import VisdomMonitor
 ENABLE_ENV = "FOLDWISE_VISDOM"  # unset/off | on (the local server) | http://host:port
 ENV_NAME_ENV = "FOLDWISE_VISDOM_ENV"  # override the environment's name
 EVERY_ENV = "FOLDWISE_VISDOM_EVERY"  # per-step points: "1s" (default) = at most one a second; "25" = every 25 steps
-LOG_ENV = "FOLDWISE_VISDOM_LOG"  # the event log's path
 LOG_DIR = Path(".foldwise/visdom/logs")
 EXAMPLES = 32  # test images in the "true / predicted" grid
 
@@ -116,11 +116,10 @@ def test_view(prepared_dir: str | Path, predictions: pd.DataFrame, classes: list
     """``Monitor.on_test``'s arguments from evaluate's predictions (class names per test image, in order)."""
     from foldwise.data import split_files
 
+    confusion = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)  # as plots draws it
     index = {name: i for i, name in enumerate(classes)}
     actual = predictions["actual"].map(index).to_numpy()
     predicted = predictions["predicted"].map(index).to_numpy()
-    n = len(classes)
-    confusion = np.bincount(actual * n + predicted, minlength=n * n).reshape(n, n)
     files = split_files(prepared_dir, "test")
     chosen = pick_examples(len(files), seed)
     images = np.stack([files[int(i)][0].numpy() for i in chosen])
@@ -151,7 +150,7 @@ def monitor_from_env(stage: str, predictions: bool = False, environ: dict[str, s
             return ConsoleMonitor()
         env = env_name(environ)
         root = Path(environ.get("DVC_ROOT", "."))
-        log = Path(environ.get(LOG_ENV) or root / LOG_DIR / f"{env}.jsonl")
+        log = root / LOG_DIR / f"{env}.jsonl"
         every = parse_every(environ.get(EVERY_ENV))
         print(f"live view: {url}/env/{env} (log {log})", file=sys.stderr)
         return Monitors(ConsoleMonitor(), VisdomMonitor(url, env, log, stage, every, predictions))

@@ -42,26 +42,23 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-def write_template(path: Path = TEMPLATE, registry: str | None = None, fetch=npm.fetch, log=print) -> bool:
-    """Write the offline template unless it is there; True when written. Checks every tarball first."""
-    path = Path(path)
-    if path.is_file():
-        return False
+def write_template(path: Path = TEMPLATE, registry: str | None = None, fetch=npm.fetch, log=print) -> None:
+    """Write the offline template (the Makefile decides when). Checks every tarball before writing."""
     scripts = []
     for spec, (integrity, member) in VEGA.items():
         code = npm.checked_files(spec, integrity, [member], registry, fetch, log)[member].decode("utf-8")
         # "</script" inside the code would end the tag early; "{plot_divs}" would be replaced by DVC
         code = code.replace("</script", "<\\/script").replace("{plot_divs}", "{plot_\\u0064ivs}")
         scripts.append(f"<script>/* {spec} */\n{code}\n</script>")
-    npm.write_atomic(path, (PAGE % "\n    ".join(scripts)).encode("utf-8"))
-    return True
+    npm.write_atomic(Path(path), (PAGE % "\n    ".join(scripts)).encode("utf-8"))
 
 
 if __name__ == "__main__":  # the set-up: `python -m foldwise.plots_html`
     import sys
 
     try:
-        print(f"dvc plots template: {TEMPLATE} " + ("written" if write_template() else "present"))
+        write_template()
+        print(f"dvc plots template: {TEMPLATE} written")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

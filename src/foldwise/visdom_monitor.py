@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 
 from foldwise.monitor import Monitor
 from foldwise.reports import examples_grid
@@ -57,10 +58,10 @@ class Sender:
 
         user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
         if user and password and not self._logged_in:
-            import hashlib
+            from visdom.utils.server_utils import hash_password  # what visdom's own client sends
 
             r = self.session.post(self.url + "/", timeout=self.timeout,
-                                  json={"username": user, "password": hashlib.sha256(password.encode()).hexdigest()})
+                                  json={"username": user, "password": hash_password(password)})
             if r.status_code != 200:
                 raise ConnectionError(f"login as {user} refused (HTTP {r.status_code}); check {USER_ENV}/{PASSWORD_ENV}")
             self._logged_in = True
@@ -108,15 +109,16 @@ class VisdomMonitor(Monitor):
     wants_steps = True
 
     def __init__(self, url: str, env: str, log: Path, stage: str, every: tuple[int | None, float | None] = (None, 1.0),
-                 predictions: bool = False, sender: Sender | None = None) -> None:
+                 predictions: bool = False) -> None:
         self.url, self.env, self.log, self.stage = url, env, Path(log), stage
         self.every_steps, self.every_s = every
         self.wants_predictions = predictions
-        self.sender = sender or Sender(url)
+        self.sender = Sender(url)
         self.dropped = 0
         self.warnings: list[str] = []
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
-        self._run: str | None = None
+        self._tags: dict[str, Any] | None = None
+        self._run = ""
         self._sum: torch.Tensor | None = None
         self._count = 0
         self._last = time.perf_counter()
@@ -142,9 +144,10 @@ class VisdomMonitor(Monitor):
         self._put("start", info)
 
     def _step(self, tags: dict[str, Any], epoch: float, loss: torch.Tensor, lr: float) -> None:
-        run = run_label(tags)
-        if run != self._run:
-            self._run, self._sum, self._count, self._last = run, None, 0, time.perf_counter()
+        if tags is not self._tags:  # fit passes one tags dict per run: a new one starts a new trace
+            self._tags, self._run = tags, run_label(tags)
+            self._sum, self._count, self._last = None, 0, time.perf_counter()
+        run = self._run
         self._sum = loss if self._sum is None else self._sum + loss
         self._count += 1
         if self.every_steps is not None:
@@ -290,9 +293,8 @@ class VisdomMonitor(Monitor):
 
     def _draw_predictions(self, tags: dict[str, Any], labels: torch.Tensor, predicted: torch.Tensor) -> None:
         classes = self._info.get("classes") or [str(i) for i in range(int(labels.max()) + 1)]
-        n = len(classes)
-        matrix = torch.bincount(labels.long() * n + predicted.long(), minlength=n * n).reshape(n, n)
-        self._confusion(matrix.cpu().numpy(), classes,
+        matrix = confusion_matrix(labels.cpu().numpy(), predicted.cpu().numpy(), labels=range(len(classes)))
+        self._confusion(matrix, classes,
                         f"{self.stage}: validation confusion ({run_label(tags)}, epoch {tags.get('epoch', '?')})")
 
     def _confusion(self, matrix: np.ndarray, classes: list[str], title: str) -> None:
