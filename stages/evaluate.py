@@ -1,6 +1,7 @@
-"""DVC stage: test-set metrics of the final model, and confusion data for `dvc plots`."""
+"""DVC stage: test-set metrics of the final model, and the confusion / per-class data for `dvc plots`."""
 
 import argparse
+import time
 
 from foldwise.cli import run_stage
 from foldwise.data import read_classes
@@ -10,7 +11,8 @@ from foldwise.live import monitor_from_env, show_test
 from foldwise.loaders import open_split
 from foldwise.outputs import remove_outputs, write_csv, write_json
 from foldwise.params import load_params, parse_params
-from foldwise.reports import provenance
+from foldwise.plot_data import confusion_counts, per_class, sample_predictions
+from foldwise.metrics import provenance
 
 
 def main() -> None:
@@ -18,9 +20,13 @@ def main() -> None:
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--metrics", required=True, help="JSON metrics (reports/metrics.json)")
-    parser.add_argument("--predictions", required=True, help="CSV: actual,predicted class per test image")
+    parser.add_argument("--predictions", required=True,
+                        help="CSV: index,actual,predicted,confidence per test image (sampled above a bound)")
+    parser.add_argument("--confusion", required=True, help="CSV: actual,predicted,count (exact)")
+    parser.add_argument("--per-class", required=True, help="CSV: class,precision,recall,f1,support")
     args = parser.parse_args()
-    remove_outputs(args.metrics, args.predictions)
+    started = time.perf_counter()
+    remove_outputs(args.metrics, args.predictions, args.confusion, args.per_class)
     device = choose_device()
     model, checkpoint = load_checkpoint(args.model, device)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
@@ -28,9 +34,12 @@ def main() -> None:
     test = open_split(args.prepared, "test", checkpoint["stats"], device, budget)
     classes = read_classes(args.prepared)
     metrics, predictions = evaluate_on(model, checkpoint, test, classes)
-    write_csv(args.predictions, predictions)
+    write_csv(args.predictions, sample_predictions(predictions, p.seed))
+    write_csv(args.confusion, confusion_counts(predictions["actual"], predictions["predicted"], classes))
+    write_csv(args.per_class, per_class(metrics))
     write_json(args.metrics, {"test": metrics, "provenance": {
-        **provenance(p, checkpoint["variant"], device), "test_images": len(predictions)}})
+        **provenance(p, checkpoint["variant"], device), "test_images": len(predictions),
+        "seconds": round(time.perf_counter() - started, 1)}})
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
     monitor = monitor_from_env("evaluate", predictions=True)  # live view: test confusion and example images
     monitor.start({"stage": "evaluate", "params": p.to_dict(), "device": str(device), "classes": classes})

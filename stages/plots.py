@@ -1,4 +1,4 @@
-"""DVC stage: PNG figures (learning curves, CV comparison, confusion matrix)."""
+"""DVC stage: the PNG figures, and the curve files `dvc plots` draws per family (loss, accuracy)."""
 
 import argparse
 import json
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from foldwise import figures
 from foldwise.cli import run_stage
+from foldwise.data import images_at
 from foldwise.outputs import atomic_dir
-from foldwise.reports import plot_confusion, plot_cv_comparison, plot_learning_curves
+from foldwise.plot_data import confident_mistakes, counts_matrix, curve_families, pick_examples, read_table
 
 
 def main() -> None:
@@ -18,17 +20,36 @@ def main() -> None:
     parser.add_argument("--cv", required=True)
     parser.add_argument("--train-history", required=True)
     parser.add_argument("--predictions", required=True)
+    parser.add_argument("--confusion", required=True)
     parser.add_argument("--metrics", required=True, help="evaluate's JSON (its per-class keys give the class order)")
+    parser.add_argument("--prepared", required=True, help="prepared images (the galleries show test images)")
     parser.add_argument("--out", required=True, help="folder for the PNG figures")
+    parser.add_argument("--curves", required=True, help="folder for <family>.csv (loss, accuracy)")
     args = parser.parse_args()
     chosen = json.loads(Path(args.cv).read_text())["chosen"]
-    classes = list(json.loads(Path(args.metrics).read_text())["test"]["per_class"])
+    metrics = json.loads(Path(args.metrics).read_text())
+    classes = list(metrics["test"]["per_class"])
+    seed = metrics["provenance"]["seed"]
+    cv_history, train_history = pd.read_csv(args.cv_history), pd.read_csv(args.train_history)
+    predictions = read_table(args.predictions)
+    mistakes = confident_mistakes(predictions)
+    examples = predictions.iloc[pick_examples(len(predictions), seed)]
     with atomic_dir(args.out) as tmp:
-        plot_learning_curves(pd.read_csv(args.cv_history), pd.read_csv(args.train_history),
-                             tmp / "learning_curves.png")
-        plot_cv_comparison(pd.read_csv(args.cv_folds), chosen, tmp / "cv_comparison.png")
-        plot_confusion(pd.read_csv(args.predictions), classes, tmp / "confusion_matrix.png")
-    print(f"figures in {args.out}")
+        figures.save(figures.learning_curves(cv_history, train_history, chosen), tmp / "learning_curves.png")
+        figures.save(figures.cv_comparison(pd.read_csv(args.cv_folds), chosen), tmp / "cv_comparison.png")
+        matrix = counts_matrix(read_table(args.confusion), classes)
+        figures.save(figures.confusion(matrix, classes), tmp / "confusion_matrix.png")
+        figures.save(figures.gallery(images_at(args.prepared, "test", mistakes["index"]), mistakes,
+                                     f"The {len(mistakes)} most confidently misclassified test images: "
+                                     "true / predicted (probability)"), tmp / "misclassified.png")
+        figures.save(figures.gallery(images_at(args.prepared, "test", examples["index"]), examples,
+                                     f"{len(examples)} test images picked at random (seed {seed}): "
+                                     "true / predicted (probability); mistakes in red"),
+                     tmp / "sample_predictions.png")
+    with atomic_dir(args.curves) as tmp:
+        for family, table in curve_families(cv_history, train_history).items():
+            table.to_csv(tmp / f"{family}.csv", index=False)
+    print(f"figures in {args.out}, curves in {args.curves}")
 
 
 if __name__ == "__main__":

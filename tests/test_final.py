@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,8 +40,12 @@ def test_train_save_load_evaluate(tmp_path, tiny_set, tiny_stats, tiny_params):
     assert torch.equal(predict(model, valid), predict(loaded, valid))
     metrics, rows = evaluate_on(loaded, checkpoint, valid, tiny_set.classes)
     assert metrics["accuracy"] == pytest.approx(max(r["valid_acc"] for r in result.history))
-    assert list(rows.columns) == ["actual", "predicted"] and len(rows) == 30
-    assert set(rows["actual"]) <= set(tiny_set.classes)
+    assert list(rows.columns) == ["index", "actual", "predicted", "confidence"] and len(rows) == 30
+    assert list(rows["index"]) == list(range(30))  # test-image order: row i is image i of the split
+    assert list(rows["actual"]) == [tiny_set.classes[i] for i in valid.labels]
+    probabilities = torch.softmax(predict(loaded, valid), 1)
+    assert np.allclose(rows["confidence"], probabilities.max(1).values.numpy(), atol=1e-4)
+    assert list(rows["predicted"]) == [tiny_set.classes[i] for i in probabilities.argmax(1)]
     assert list(metrics["per_class"]) == tiny_set.classes
 
 

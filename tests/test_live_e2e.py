@@ -136,11 +136,11 @@ def traces(window: dict) -> dict[str, int]:
     return {t.get("name"): len(t["x"]) for t in window["content"]["data"]}
 
 
-def screenshot(net: Net, url: str, path: Path, tmp: Path) -> np.ndarray:
+def screenshot(net: Net, url: str, path: Path, tmp: Path, size: str = "1500,2300") -> np.ndarray:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium not found: run `make test` (installs Debian's chromium)"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium'}", "--window-size=1500,2300",
+    done = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium'}", f"--window-size={size}",
                     "--virtual-time-budget=20000", f"--screenshot={path}", url])
     assert path.is_file(), done.stderr[-2000:]
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
@@ -213,7 +213,7 @@ def test_a_dvc_experiment_streams_into_the_offline_live_view(net, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     dom = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-plots'}",
                    "--virtual-time-budget=15000", "--dump-dom", f"file://{repo / 'plots-html/index.html'}"]).stdout
-    assert dom.count('class="marks"') == 4, dom[-2000:]  # vega-embed drew all four data plots
+    assert dom.count('class="marks"') == 8, dom[-2000:]  # vega-embed drew all eight data plots
 
     # a real browser renders the plots: count pixels of plotly's trace colours
     shot = screenshot(net, f"{server.url}/env/foldwise_live-run", ARTIFACTS / "live-view.png", tmp_path)

@@ -19,6 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"max_images_per_split": "400", "epochs": "2", "batch_size": "32", "k_folds": "2"}
 METRICS = ["reports/metrics.json", "reports/cv.json", "reports/train.json"]
+ALL_STAGES = {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots", "report"}
+FIGURES = {"learning_curves.png", "cv_comparison.png", "confusion_matrix.png", "misclassified.png",
+           "sample_predictions.png"}
 
 
 def run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -85,7 +88,7 @@ def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
     set_params(tmp_path / "params.yaml", {"dataset": "digits", "valid_size": "0.15", "batch_size": "64",
                                           "epochs": "4", "k_folds": "2"})
     out = run(tmp_path, "dvc", "repro").stdout
-    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    assert ran_stages(out) == ALL_STAGES
     manifest = (tmp_path / "data/prepared/manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 1797  # every image in exactly one split
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
@@ -109,7 +112,7 @@ def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
                                       "batch_size": "16", "epochs": "3", "k_folds": "2", "model": "softmax"})
     assert run(repo, "git", "status", "--porcelain", "data/own").stdout == ""  # images stay out of git
     out = run(repo, "dvc", "repro").stdout
-    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    assert ran_stages(out) == ALL_STAGES
     assert '"empty file": 1' in out  # prepare's report, printed
     report = json.loads((repo / "data/prepared/report.json").read_text())
     assert report["shape"] == [3, 12, 12] and sum(report["images"].values()) == 48
@@ -127,7 +130,7 @@ def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
 
 def test_repro_runs_the_whole_pipeline(repo):
     out = run(repo, "dvc", "repro").stdout
-    assert ran_stages(out) == {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots"}
+    assert ran_stages(out) == ALL_STAGES
     assert sorted(p.name for p in (repo / "data/raw/fashion-mnist").iterdir()) == [
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
@@ -140,8 +143,11 @@ def test_repro_runs_the_whole_pipeline(repo):
     assert metrics["provenance"]["dataset"] == "fashion-mnist" and metrics["provenance"]["device"] == "cpu"
     cv = json.loads((repo / "reports/cv.json").read_text())
     assert set(cv["variants"]) >= {"baseline", "l2", "dropout"} and cv["chosen"] in cv["variants"]
-    assert {p.name for p in (repo / "reports/figures").iterdir()} == {
-        "learning_curves.png", "cv_comparison.png", "confusion_matrix.png"}
+    assert {p.name for p in (repo / "reports/figures").iterdir()} == FIGURES
+    report = (repo / "reports/report.md").read_text()
+    assert "| max_images_per_split | `400` | `0` |" in report  # the params this run changed
+    assert f"Accuracy {metrics['test']['accuracy']:.4f}" in report
+    assert all(f"(figures/{name})" in report for name in FIGURES)
 
 
 def test_metrics_diff_compares_with_the_committed_reference_run(repo):
@@ -159,15 +165,21 @@ def test_second_repro_has_nothing_to_do(repo):
     assert "Data and pipelines are up to date." in out
 
 
+def without_timing(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    data.get("provenance", {}).pop("seconds", None)  # evaluate's wall-clock time, the one thing that varies
+    return data
+
+
 def test_forced_rerun_gives_identical_metrics(repo):
-    before = {m: (repo / m).read_bytes() for m in METRICS}
+    before = {m: without_timing(repo / m) for m in METRICS}
     run(repo, "dvc", "repro", "--force")
-    assert {m: (repo / m).read_bytes() for m in METRICS} == before
+    assert {m: without_timing(repo / m) for m in METRICS} == before
 
 
 def test_exp_run_reruns_only_training_stages_and_compares(repo):
     out = run(repo, "dvc", "exp", "run", "-S", "lr=0.02").stdout
-    assert ran_stages(out) == {"crossval", "train", "evaluate", "plots"}
+    assert ran_stages(out) == {"crossval", "train", "evaluate", "plots", "report"}
     for stage in ("download", "prepare", "normalize"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     params = run(repo, "dvc", "params", "diff").stdout

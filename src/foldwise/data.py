@@ -90,6 +90,14 @@ def split_files(prepared_dir: str | Path, split: str) -> PngFiles:
     return PngFiles([prepared_dir / p for p in rows["path"]], labels)
 
 
+def images_at(prepared_dir: str | Path, split: str, indices: np.ndarray) -> np.ndarray:
+    """Images ``indices`` (positions in the split, as evaluate numbers them) as uint8 N x C x H x W."""
+    files = split_files(prepared_dir, split)
+    if len(indices) == 0:
+        return np.zeros((0, *files.shape), dtype=np.uint8)
+    return np.stack([_decode(files.paths[int(i)]).transpose(2, 0, 1) for i in indices])
+
+
 def decode_all(files: PngFiles) -> torch.Tensor:
     """Every image of ``files`` as one uint8 N x C x H x W tensor."""
     arrays = [_decode(p) for p in files.paths]  # threads measured 3x slower (GIL)

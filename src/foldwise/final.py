@@ -20,7 +20,7 @@ from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor
 from foldwise.outputs import atomic_file
 from foldwise.params import Params, parse_params
-from foldwise.reports import classification_metrics
+from foldwise.metrics import classification_metrics
 
 
 def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str, str]:
@@ -83,7 +83,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
 
 def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: Any,
                 classes: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Test metrics, and one (actual, predicted) row per image for the confusion plot.
+    """Test metrics, and one row per test image, in order: its index, true and predicted class
+    names, and the predicted class's softmax probability (``confidence``).
 
     ``test`` is a batch source normalised with the checkpoint's stats.
     """
@@ -93,9 +94,11 @@ def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: Any,
     logits = predict(model, test)
     labels = test.labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
-    predicted = logits.argmax(1).cpu().numpy()
-    actual = labels.cpu().numpy()
+    confidence, predicted = F.softmax(logits, dim=1).max(1)
+    predicted, actual = predicted.cpu().numpy(), labels.cpu().numpy()
     metrics = {"loss": round(loss, 6), **classification_metrics(actual, predicted, classes)}
     names = pd.Series(classes)
-    rows = pd.DataFrame({"actual": names[actual].to_numpy(), "predicted": names[predicted].to_numpy()})
+    rows = pd.DataFrame({"index": range(len(actual)), "actual": names[actual].to_numpy(),
+                         "predicted": names[predicted].to_numpy(),
+                         "confidence": confidence.cpu().numpy().round(4)})
     return metrics, rows

@@ -18,13 +18,13 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from foldwise.monitor import ConsoleMonitor, Monitor, Monitors
+from foldwise.plot_data import pick_examples
 from foldwise.visdom_monitor import VisdomMonitor
 
 ENABLE_ENV = "FOLDWISE_VISDOM"  # unset/off | on (the local server) | http://host:port
 ENV_NAME_ENV = "FOLDWISE_VISDOM_ENV"  # override the environment's name
 EVERY_ENV = "FOLDWISE_VISDOM_EVERY"  # per-step points: "1s" (default) = at most one a second; "25" = every 25 steps
 LOG_DIR = Path(".foldwise/visdom/logs")
-EXAMPLES = 32  # test images in the "true / predicted" grid
 
 
 def server_url(value: str | None) -> str | None:
@@ -105,24 +105,17 @@ def parse_every(value: str | None) -> tuple[int | None, float | None]:
     raise ValueError(f"{EVERY_ENV}={value!r} is not valid; use a number of steps (25) or seconds (1s), above 0")
 
 
-def pick_examples(n_images: int, seed: int, count: int = EXAMPLES) -> np.ndarray:
-    """Which test images go in the grid: a fixed, seeded sample, sorted."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_images, size=min(count, n_images), replace=False))
-
-
 def test_view(prepared_dir: str | Path, predictions: pd.DataFrame, classes: list[str],
               seed: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
     """``Monitor.on_test``'s arguments from evaluate's predictions (class names per test image, in order)."""
-    from foldwise.data import split_files
+    from foldwise.data import images_at
 
     confusion = confusion_matrix(predictions["actual"], predictions["predicted"], labels=classes)  # as plots draws it
     index = {name: i for i, name in enumerate(classes)}
     actual = predictions["actual"].map(index).to_numpy()
     predicted = predictions["predicted"].map(index).to_numpy()
-    files = split_files(prepared_dir, "test")
-    chosen = pick_examples(len(files), seed)
-    images = np.stack([files[int(i)][0].numpy() for i in chosen])
+    chosen = pick_examples(len(predictions), seed)
+    images = images_at(prepared_dir, "test", chosen)
     return confusion, classes, images, actual[chosen], predicted[chosen]
 
 

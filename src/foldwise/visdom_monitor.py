@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from foldwise.monitor import Monitor
-from foldwise.reports import examples_grid
+from foldwise.figures import examples_grid
 
 TIMEOUT_S = (1.0, 2.0)  # HTTP connect and read timeouts, seconds
 RETRY_S = 30.0  # after a failure, seconds before trying the server again
@@ -332,7 +332,7 @@ class VisdomMonitor(Monitor):
                    actual: np.ndarray, predicted: np.ndarray) -> None:
         accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
         self._confusion(confusion, classes, f"{self.stage}: test confusion (accuracy {accuracy:.4f})")
-        grid = examples_grid(images, actual, predicted, classes)  # reports.py: a matplotlib figure
+        grid = examples_grid(images, actual, predicted, classes)  # figures.py: a matplotlib figure
         self._viz.image(grid, win=self._win("examples"),
                         opts={"title": f"{self.stage}: test images, true / predicted (red: wrong)",
                               "width": grid.shape[2] + 20, "height": grid.shape[1] + 50})

@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+import torch
+
+from foldwise.metrics import classification_metrics, provenance
+from foldwise.params import Params
+
+
+def test_classification_metrics_by_hand():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3, abs=1e-6), "recall": 1.0,
+                                   "f1": pytest.approx(0.8), "support": 2}
+    assert m["per_class"]["c"]["precision"] == 1.0 and m["per_class"]["c"]["recall"] == 0.5
+    assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]), abs=1e-6)
+
+
+def test_provenance_records_what_made_the_result():
+    record = provenance(Params(), "l2", torch.device("cpu"))
+    assert record["variant"] == "l2" and record["device"] == "cpu" and record["seed"] == 42
+    assert record["torch"] == torch.__version__
