@@ -94,6 +94,11 @@ def test_confusion_heatmap_names_fashion_classes_legibly_and_prints_counts():
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert texts[(6, 0)] == str(matrix[6, 0]) and texts[(3, 3)] == str(matrix[3, 3])  # rows true, columns predicted
     assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
+    many = [f"{name} (long label {i})" for i, name in enumerate(FASHION * 3)]  # 30 long names still fit
+    fig = figures.confusion(np.eye(30, dtype=int), many)
+    FigureCanvasAgg(fig).draw()
+    assert_no_overlap(fig.axes[0].get_xticklabels())
+    assert_no_overlap(fig.axes[0].get_yticklabels())
 
 
 def test_misclassified_gallery_titles_match_the_predictions():

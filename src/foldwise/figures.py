@@ -107,7 +107,8 @@ def confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
     fig = Figure(figsize=(size + 1.2, size))
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    slanted = max(map(len, classes)) <= 12  # longer names, slanted, would run into their neighbours
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if slanted else 90, ha="right" if slanted else "center")
     ax.set_yticks(range(len(classes)), classes)
     if len(classes) <= 30:  # beyond that the numbers cannot be read anyway
         for (i, j), count in np.ndenumerate(matrix):
