@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 
 import pytest
 
 from foldwise.plot_data import MAX_PREDICTION_ROWS
-from tests.test_live_e2e import ARTIFACTS, CHROMIUM_FLAGS, DIGITS, Net, colour_pixels, screenshot
+from tests.test_live_e2e import ARTIFACTS, CHROMIUM_FLAGS, DIGITS, colour_pixels, net, screenshot  # noqa: F401
 from tests.test_pipeline_e2e import make_clone, run, set_params
 
 DVC_REV_COLOURS = [(0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)]  # dvc-render's first two revision colours
 VEGA_REV_COLOURS = [(0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18)]  # Vega's category10: our templates' revisions
-
-
-@pytest.fixture(scope="module")
-def net():
-    net = Net()
-    if not net.isolated:
-        print("no network namespace (not root?): Chromium runs on the host", file=sys.stderr)
-    yield net
-    net.close()
 
 
 @pytest.fixture(scope="module")

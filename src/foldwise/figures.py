@@ -20,8 +20,7 @@ CHOSEN = "tab:orange"
 
 
 def save(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` as PNG."""
-    FigureCanvasAgg(fig)
+    """Write ``fig`` as PNG (matplotlib picks its Agg renderer for the file type)."""
     fig.savefig(path, dpi=DPI)
 
 

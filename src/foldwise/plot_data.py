@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 # Rows of predictions.csv, which dvc's confusion templates count in the browser:
-# 10,000 (a test set of the usual size) render in about a second, a million would not.
+# twice the usual 10,000-image test set; a million rows would be megabytes of page.
 MAX_PREDICTION_ROWS = 20_000
 EXAMPLES = 32  # test images in the "true / predicted" grid of sample predictions
 GALLERY = 24  # most confidently misclassified test images shown (and always kept in the sample)
