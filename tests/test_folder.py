@@ -70,6 +70,7 @@ def test_messy_folder_is_prepared_with_a_report(tmp_path):
         with Image.open(tmp_path / "prepared" / row.path) as im:
             assert im.mode == "RGB" and abs(np.asarray(im).mean() - brightness) < 25, name
     assert not (tmp_path / "prepared" / ".staging").exists()
+    assert not list((tmp_path / "prepared").glob("*.npy"))  # decoded from files: no pixel arrays kept
 
 
 def test_mixed_sizes_without_image_size_are_explained(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from foldwise.prepare import CLASSES, MANIFEST, SPLITS
+from foldwise.prepare import CLASSES, MANIFEST, PIXELS, SPLITS
 
 
 @dataclass
@@ -56,11 +56,16 @@ def _decode(path: Path) -> np.ndarray:
 
 
 class PngFiles(Dataset):
-    """Image files with labels; item i is (uint8 C x H x W tensor, label). Nothing decoded up front."""
+    """Image files with labels; item i is (uint8 C x H x W tensor, label). Nothing decoded up front.
 
-    def __init__(self, paths: list[Path], labels: torch.Tensor) -> None:
+    ``pixels``: prepare's ``<split>.npy`` holding the same images in the same
+    order, when it wrote one; ``decode_all`` then loads it instead of decoding.
+    """
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, pixels: Path | None = None) -> None:
         self.paths = paths
         self.labels = labels
+        self.pixels = pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,7 +92,8 @@ def split_files(prepared_dir: str | Path, split: str) -> PngFiles:
     if rows.empty:
         raise ValueError(f"{prepared_dir / MANIFEST}: split {split!r} has no images")
     labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
-    return PngFiles([prepared_dir / p for p in rows["path"]], labels)
+    pixels = prepared_dir / PIXELS.format(split=split)
+    return PngFiles([prepared_dir / p for p in rows["path"]], labels, pixels if pixels.is_file() else None)
 
 
 def images_at(prepared_dir: str | Path, split: str, indices: np.ndarray) -> np.ndarray:
@@ -99,7 +105,13 @@ def images_at(prepared_dir: str | Path, split: str, indices: np.ndarray) -> np.n
 
 
 def decode_all(files: PngFiles) -> torch.Tensor:
-    """Every image of ``files`` as one uint8 N x C x H x W tensor."""
+    """Every image of ``files`` as one uint8 N x C x H x W tensor (from ``files.pixels`` when there)."""
+    if files.pixels is not None:
+        array = np.load(files.pixels, allow_pickle=False)
+        if array.dtype != np.uint8 or array.ndim != 4 or len(array) != len(files):
+            raise ValueError(f"{files.pixels}: {array.dtype} {array.shape} does not hold the {len(files)} "
+                             f"images of the manifest; run the prepare stage again (dvc repro -f prepare)")
+        return torch.from_numpy(array)
     arrays = [_decode(p) for p in files.paths]  # threads measured 3x slower (GIL)
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:

@@ -79,6 +79,9 @@ def open_split(prepared_dir: str | Path, split: str, stats: dict[str, Any], devi
 def uint8_chunks(files: PngFiles, pixels: int = 8 << 20, workers: int | None = None) -> Iterator[torch.Tensor]:
     """The images of ``files`` in order, as uint8 N x C x H x W chunks of about ``pixels`` values."""
     chunk = max(1, pixels // int(np.prod(files.shape)))
+    if files.pixels is not None:
+        yield from decode_all(files).split(chunk)
+        return
     loader = DataLoader(files, batch_size=chunk, num_workers=default_workers() if workers is None else workers)
     for images, _ in loader:
         yield images

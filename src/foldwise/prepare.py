@@ -30,6 +30,8 @@ MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
 REPORT = "report.json"  # images per split, skipped files per reason, empty classes
 SKIPPED = "skipped.csv"  # every skipped file and why
+PIXELS = "{split}.npy"  # a split's images as one uint8 N x C x H x W array, in manifest order
+PIXELS_MAX_BYTES = 1 << 30  # larger splits are only PNGs (streamed or decoded when needed)
 
 
 def class_dirname(name: str) -> str:
@@ -82,14 +84,16 @@ class _Part:
 
     labels: np.ndarray
     names: list[str]
-    write: Callable[[int, Path], str]  # (index, destination) -> md5 of the pixels written
+    # (index, destination) -> md5 of the pixels written, and the pixels (H x W x C) when they are
+    # at hand without decoding again (None: files staged on disk)
+    write: Callable[[int, Path], tuple[str, np.ndarray | None]]
 
 
 def _array_part(split: str, images: np.ndarray, labels: np.ndarray, channels: int, size: Size) -> _Part:
-    def write(i: int, dest: Path) -> str:
+    def write(i: int, dest: Path) -> tuple[str, np.ndarray]:
         pixels = convert_array(images[i], channels or images.shape[-1], size)
         _save_png(pixels, dest)
-        return _md5(pixels)
+        return _md5(pixels), pixels
 
     return _Part(np.asarray(labels), [f"{split}:{i}" for i in range(len(labels))], write)
 
@@ -119,9 +123,9 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
         _save_png(pixels, staging / f"{i}.png")
         kept.append(i)
         md5s.append(_md5(pixels))
-    def write(j: int, dest: Path) -> str:
+    def write(j: int, dest: Path) -> tuple[str, None]:
         os.replace(staging / f"{kept[j]}.png", dest)
-        return md5s[j]
+        return md5s[j], None
 
     return _Part(files.labels[kept], [files.names[i] for i in kept], write)
 
@@ -200,18 +204,31 @@ def prepare(
         for d in dirs:
             (out_dir / split / d).mkdir(parents=True, exist_ok=True)
         origin = "test" if part is parts.get("test") else "train"
+        pixels: list[np.ndarray | None] = []
         # Sequential on purpose: measured faster than threads or processes on 2
         # cores for 28x28 images (the GIL and process start-up cost more than they save).
         for i in idx:
             label = int(part.labels[i])
             rel = f"{split}/{dirs[label]}/{origin}-{i:05d}.png"
-            rows.append((rel, label, classes[label], split, part.write(i, out_dir / rel), part.names[i]))
+            md5, image = part.write(i, out_dir / rel)
+            rows.append((rel, label, classes[label], split, md5, part.names[i]))
+            pixels.append(image)
+        _write_pixels(out_dir / PIXELS.format(split=split), pixels)
     shutil.rmtree(out_dir / ".staging", ignore_errors=True)
     manifest = pd.DataFrame(rows, columns=["path", "label", "class", "split", "md5", "source"])
     manifest.to_csv(out_dir / MANIFEST, index=False)
     (out_dir / CLASSES).write_text(json.dumps(list(classes), indent=2) + "\n")
     _write_report(out_dir, manifest, skipped, empty)
     return manifest
+
+
+def _write_pixels(path: Path, pixels: list[np.ndarray | None]) -> None:
+    """The split's images as one uint8 N x C x H x W array in manifest order, so later stages load
+    them in a fraction of a second instead of decoding every PNG again (3-14 s for 60,000
+    28x28 images). Skipped for staged files and above ``PIXELS_MAX_BYTES``."""
+    if not pixels or any(p is None for p in pixels) or sum(p.nbytes for p in pixels) > PIXELS_MAX_BYTES:
+        return
+    np.save(path, np.ascontiguousarray(np.stack(pixels).transpose(0, 3, 1, 2)), allow_pickle=False)
 
 
 def _write_report(out_dir: Path, manifest: pd.DataFrame, skipped: list[tuple[str, str]], empty: list[str]) -> None:
