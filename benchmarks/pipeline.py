@@ -2,6 +2,7 @@
 
 Usage (from the repo root, after `make run` or `make test` installed .venv):
     .venv/bin/python benchmarks/pipeline.py [--params key=value ...]
+(``benchmarks/run.py`` runs this too, after the training benchmarks.)
 
 Clones the committed HEAD into a temporary folder, runs `dvc repro` there
 (so nothing is cached), then a second `dvc repro` (should do nothing), and
@@ -50,40 +51,64 @@ def timed_repro(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, float
     return end - started, stages
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", nargs="*", default=[], help="key=value overrides (as dvc exp run -S)")
-    parser.add_argument("--save", type=Path, help="copy the run's metrics JSON files into this folder")
-    args = parser.parse_args()
+def set_params(params: Path, overrides: list[str]) -> None:
+    """Apply ``key=value`` overrides (YAML values, as ``dvc exp run -S``) to a params.yaml, keeping comments."""
+    text = params.read_text()
+    for override in overrides:
+        key, value = override.split("=", 1)
+        text, found = re.subn(rf"^{re.escape(key)}:[^#\n]*", f"{key}: {value}  ", text, flags=re.M)
+        if not found:
+            raise SystemExit(f"--params: no top-level key {key!r} in {params}")
+    params.write_text(text)
+
+
+def run_pipeline(overrides: list[str], save: Path | None = None) -> dict:
+    """Clone HEAD into a temporary folder, apply ``overrides``, run ``dvc repro`` twice.
+
+    Returns total and per-stage seconds of the first run, the second (no-op)
+    run's seconds, and the run's CV summary and test metrics.
+    """
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1"}
     with tempfile.TemporaryDirectory(prefix="foldwise-bench-") as tmp:
         repo = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
         env["PYTHONPATH"] = str(repo / "src")
-        for override in args.params:
-            key, value = override.split("=", 1)
-            params = repo / "params.yaml"
-            params.write_text(re.sub(rf"^{key}: \S+", f"{key}: {value}", params.read_text(), flags=re.M))
+        set_params(repo / "params.yaml", overrides)
         total, stages = timed_repro(repo, env)
         second, _ = timed_repro(repo, env)
-        metrics = json.loads((repo / "reports/metrics.json").read_text())
-        if args.save:
-            args.save.mkdir(parents=True, exist_ok=True)
+        if save:
+            save.mkdir(parents=True, exist_ok=True)
             for name in ("metrics.json", "cv.json", "train.json"):
-                shutil.copy(repo / "reports" / name, args.save / name)
-        cv = json.loads((repo / "reports/cv.json").read_text())
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {metrics['provenance']['device']}; params overrides: {args.params or 'none'}\n")
-    print("| stage | seconds |\n|---|---:|")
-    for name, seconds in stages.items():
-        print(f"| {name} | {seconds:.1f} |")
-    print(f"| **total `dvc repro`** | **{total:.1f}** |")
-    print(f"| second `dvc repro` (nothing to do) | {second:.1f} |")
+                shutil.copy(repo / "reports" / name, save / name)
+        return {"total": total, "stages": stages, "noop": second,
+                "metrics": json.loads((repo / "reports/metrics.json").read_text()),
+                "cv": json.loads((repo / "reports/cv.json").read_text())}
+
+
+def pipeline_markdown(run: dict) -> str:
+    """The per-stage table and the run's results, as Markdown."""
+    lines = ["| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in run["stages"].items()]
+    lines += [f"| **total `dvc repro`** | **{run['total']:.1f}** |",
+              f"| second `dvc repro` (nothing to do) | {run['noop']:.1f} |", ""]
+    cv, metrics = run["cv"], run["metrics"]
     means = ", ".join(f"{k} {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f}" for k, v in cv["variants"].items())
-    print(f"\nCV ({cv['k_folds']} folds): {means}; chosen {cv['chosen']}")
-    print(f"Test accuracy {metrics['test']['accuracy']:.4f}, macro F1 {metrics['test']['macro_f1']:.4f}")
+    lines += [f"CV ({cv['k_folds']} folds): {means}; chosen {cv['chosen']}. "
+              f"Test accuracy {metrics['test']['accuracy']:.4f}, macro F1 {metrics['test']['macro_f1']:.4f}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", nargs="*", default=[], help="key=value overrides (as dvc exp run -S)")
+    parser.add_argument("--save", type=Path, help="copy the run's metrics JSON files into this folder")
+    args = parser.parse_args()
+    run = run_pipeline(args.params, args.save)
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, device {run['metrics']['provenance']['device']}; "
+          f"params overrides: {args.params or 'none'}\n")
+    print(pipeline_markdown(run))
 
 
 if __name__ == "__main__":
