@@ -12,12 +12,19 @@ from foldwise.params import Params
 
 
 def make_optimizer(model: nn.Module, p: Params) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam or AdamW with ``lr`` and ``weight_decay``."""
+    """SGD (momentum, nesterov), Adam or AdamW with ``lr`` and ``weight_decay``.
+
+    The fused implementation (one kernel per step for all parameters) where
+    torch has it: on 2 CPU cores it made an MLP epoch at batch 64 about 1.4x
+    faster than the default per-parameter loop (benchmarks/history.md).
+    """
+    params = list(model.parameters())
+    fused = all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in params) or None
     if p.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum,
-                               nesterov=p.nesterov and p.momentum > 0, weight_decay=p.weight_decay)
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0,
+                               weight_decay=p.weight_decay, fused=fused)
     cls = torch.optim.Adam if p.optimizer == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    return cls(params, lr=p.lr, weight_decay=p.weight_decay, fused=fused)
 
 
 WARMUP_START = 0.01  # warm-up starts at lr x this and rises linearly to lr
