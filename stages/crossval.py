@@ -6,7 +6,8 @@ from pathlib import Path
 
 from foldwise.checkpoints import for_stage
 from foldwise.cli import run_stage
-from foldwise.crossval import cv_table, explain_choice, run_crossval
+from foldwise.crossval import run_crossval
+from foldwise.cvstats import cv_table, explain_choice
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.loaders import open_split

@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from foldwise.checkpoints import Checkpoints
-from foldwise.crossval import cv_table, explain_choice, make_folds, paired_test, run_crossval, summarize
+from foldwise.crossval import make_folds, run_crossval
+from foldwise.cvstats import cv_table, explain_choice, paired_test, summarize
 from foldwise.engine import to_inputs
 
 

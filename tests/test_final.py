@@ -15,7 +15,7 @@ def split(tiny_set, stats):
 
 
 def test_resolve_variant(tiny_params):
-    from foldwise.crossval import explain_choice, summarize
+    from foldwise.cvstats import explain_choice, summarize
     from tests.test_crossval import folds_table
 
     summary = summarize(folds_table({"baseline": [0.80, 0.82], "l2": [0.85, 0.87]}))

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from foldwise.crossval import summarize
+from foldwise.cvstats import summarize
 from foldwise.params import Params
 from foldwise.plot_data import confusion_counts
 from foldwise.report import FIGURES, build, confused_pairs, duration, non_defaults

@@ -12,11 +12,18 @@ not be black.
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from foldwise.params import Params
 
 SEED_OFFSET = 7919  # augmentation draws from its own stream: shuffling stays the same as without it
+
+
+def _tf():  # torchvision.transforms.v2.functional
+    """torchvision's v2 functional transforms, imported on first use: importing torchvision costs
+    every stage about a second at start-up, and only augmented training needs it."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
 
 
 def flip_allowed(p: Params) -> bool:
@@ -48,7 +55,7 @@ class Augmenter:
         n, c, h, w = x.shape
         if self.padding:
             pad = self.padding
-            padded = TF.pad(x, [pad, pad, pad, pad], padding_mode="reflect")
+            padded = _tf().pad(x, [pad, pad, pad, pad], padding_mode="reflect")
             dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=self.generator).to(x.device)
             rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # n x 1 x h x 1
             cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # n x 1 x 1 x w
@@ -57,7 +64,7 @@ class Augmenter:
             x = padded[batch, channel, rows, cols]
         if self.flip:
             mirrored = torch.rand(n, generator=self.generator).lt(0.5).to(x.device)[:, None, None, None]
-            x = torch.where(mirrored, TF.horizontal_flip(x), x)
+            x = torch.where(mirrored, _tf().horizontal_flip(x), x)
         return x
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ reference variant (``baseline``) with a p-value.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -18,24 +17,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 from sklearn.model_selection import StratifiedKFold
 
 from foldwise.augment import check_augment
 from foldwise.checkpoints import Checkpoints
+from foldwise.cvstats import summarize
 from foldwise.engine import as_batches, fit, seed_everything
 from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor
 from foldwise.params import Params
-
-# The fold score: valid accuracy of the weights a run ends with (the last
-# epoch's, or the best epoch's when early stopping restores them). The best
-# accuracy over epochs is reported too, but it is chosen on the same fold it
-# is measured on, so it is optimistic and not used for the choice.
-SCORE = "final_valid_acc"
-REFERENCE = "baseline"  # the variant the others are compared with, when it is compared
-ALPHA = 0.05  # significance level the reason mentions
-
 
 def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified, seeded (train_idx, valid_idx) pairs; every class needs >= k images."""
@@ -58,94 +48,6 @@ class CVResult:
     history: pd.DataFrame
     folds: pd.DataFrame
     summary: dict[str, Any]
-
-
-def paired_test(diffs: np.ndarray, k: int) -> tuple[float, float]:
-    """Two-sided p-values of a mean fold difference of 0: (corrected, plain paired t-test).
-
-    K-fold training sets overlap, so fold scores are correlated and the plain
-    paired t-test finds differences that are not there. The corrected
-    resampled t-test (Nadeau & Bengio, 2003) inflates the variance by
-    1/n + n_valid/n_train = 1/k + 1/(k-1).
-    """
-    n = len(diffs)
-    mean, var = float(np.mean(diffs)), float(np.var(diffs, ddof=1)) if n > 1 else 0.0
-    if n < 2 or var == 0:
-        p = 1.0 if mean == 0 else 0.0
-        return p, p
-
-    def p_value(scale: float) -> float:
-        return float(2 * scipy_stats.t.sf(abs(mean) / math.sqrt(scale * var), n - 1))
-
-    return p_value(1 / n + 1 / (k - 1)), p_value(1 / n)
-
-
-def summarize(folds: pd.DataFrame) -> dict[str, Any]:
-    """Per variant: mean, std, 95% CI, and the paired comparison with the reference; the best variant.
-
-    Numbers plus two names, so `dvc metrics diff` stays a readable table;
-    ``explain_choice`` and ``cv_table`` turn it into words.
-    """
-    order = list(dict.fromkeys(folds["variant"]))
-    reference = REFERENCE if REFERENCE in order else order[0]
-    k = int(folds["fold"].nunique())
-    scores = folds.pivot(index="fold", columns="variant", values=SCORE)
-    variants: dict[str, dict[str, Any]] = {}
-    for name in order:
-        rows = folds[folds["variant"] == name]
-        acc = rows[SCORE].to_numpy(dtype=float)
-        n = len(acc)
-        std = float(np.std(acc, ddof=1)) if n > 1 else 0.0
-        half = float(scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
-        entry = {
-            "valid_acc_mean": acc.mean(), "valid_acc_std": std,
-            "valid_acc_ci_low": acc.mean() - half, "valid_acc_ci_high": acc.mean() + half,
-            "valid_loss_mean": rows["final_valid_loss"].mean(), "best_valid_acc_mean": rows["best_valid_acc"].mean(),
-            "epochs_mean": rows["epochs"].mean(),
-        }
-        if name != reference:
-            diffs = (scores[name] - scores[reference]).dropna().to_numpy(dtype=float)
-            corrected, plain = paired_test(diffs, k)
-            entry.update({f"diff_vs_{reference}": diffs.mean(), "p_value": corrected, "p_value_uncorrected": plain})
-        variants[name] = {key: round(float(v), 6) for key, v in entry.items()} | {"folds": n}
-    ranked = sorted(order, key=lambda v: -variants[v]["valid_acc_mean"])  # stable: ties go to params order
-    return {"reference": reference, "variants": variants, "chosen": ranked[0]}
-
-
-def explain_choice(summary: dict[str, Any]) -> str:
-    """Why ``summary['chosen']`` won: its score and interval, the gap to the reference, the runner-up."""
-    variants, best, reference = summary["variants"], summary["chosen"], summary["reference"]
-    v = variants[best]
-    line = (f"{best}: highest mean validation accuracy over {v['folds']} folds, {v['valid_acc_mean']:.4f} "
-            f"± {v['valid_acc_std']:.4f} (95% CI {v['valid_acc_ci_low']:.4f} to {v['valid_acc_ci_high']:.4f})")
-    if best != reference:
-        p = v["p_value"]
-        verdict = "significant" if p < ALPHA else "not significant"
-        line += (f"; {v[f'diff_vs_{reference}']:+.4f} vs {reference}, p = {p:.3f} "
-                 f"(corrected paired t-test, {verdict} at {ALPHA})")
-    others = [name for name in sorted(variants, key=lambda n: -variants[n]["valid_acc_mean"]) if name != best]
-    if others:
-        line += f"; next: {others[0]} ({variants[others[0]]['valid_acc_mean']:.4f})"
-    return line
-
-
-def cv_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table with the choice and its reason under it (reports/cv/summary.md)."""
-    reference = summary["reference"]
-    lines = [f"Cross-validation: {summary['k_folds']} folds, the same for every variant. Accuracy: on the "
-             f"held-out fold, after the last epoch (best epoch when early stopping).", "",
-             f"| variant | accuracy (mean ± std) | 95% CI | vs {reference} | p-value | epochs |",
-             "|---|---|---|---|---|---|"]
-    for name, v in summary["variants"].items():
-        diff = f"{v[f'diff_vs_{reference}']:+.4f}" if name != reference else "-"
-        p = f"{v['p_value']:.3f}" if name != reference else "-"
-        mark = " **(chosen)**" if name == summary["chosen"] else ""
-        lines.append(f"| {name}{mark} | {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f} | "
-                     f"{v['valid_acc_ci_low']:.4f} to {v['valid_acc_ci_high']:.4f} | {diff} | {p} | "
-                     f"{v['epochs_mean']:g} |")
-    lines += ["", f"p-value: corrected resampled paired t-test (Nadeau & Bengio) over the folds, against "
-              f"{reference}.", "", f"Chosen: {explain_choice(summary)}.", ""]
-    return "\n".join(lines)
 
 
 def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None = None,

@@ -14,7 +14,7 @@ from torch import nn
 
 from foldwise.augment import check_augment
 from foldwise.checkpoints import Checkpoints
-from foldwise.crossval import explain_choice
+from foldwise.cvstats import explain_choice
 from foldwise.engine import FitResult, as_batches, fit, predict, seed_everything
 from foldwise.models import build_model, check_model
 from foldwise.monitor import Monitor

@@ -20,7 +20,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from foldwise.datasets import FileImages, RawData, Splits
 from foldwise.images import SkipImage, Size, convert_array, decode
@@ -46,6 +45,8 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Indices of a class-balanced random subset of ``size`` items (all if fewer)."""
     if size <= 0 or size >= len(labels):
         return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split  # 1.2 s to import: every stage reads our constants
+
     keep, _ = train_test_split(
         np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
     )
@@ -63,6 +64,8 @@ def carve_split(labels: np.ndarray, size: float, seed: int, key: str = "valid_si
             f"{key}={size} leaves no training images: the set it is carved from has {n}; "
             f"use a smaller count or a fraction such as 0.2"
         )
+    from sklearn.model_selection import train_test_split
+
     try:
         rest, carved = train_test_split(np.arange(n), test_size=size, stratify=labels, random_state=seed)
     except ValueError as exc:  # e.g. fewer images than classes in the carved part

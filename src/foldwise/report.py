@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from foldwise.crossval import cv_table
+from foldwise.cvstats import cv_table
 from foldwise.params import Params
 
 FIGURES = (  # file in reports/figures, caption
