@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import shutil
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,29 +83,40 @@ def load_fashion_mnist(root: Path, device: torch.device, train_images: int = 0, 
 
 
 class PeakMemory:
-    """Samples the RSS of this process plus its children (DataLoader workers) every 20 ms,
-    keeping the peak per label (the path running at the time)."""
+    """Peak resident memory (VmHWM) of this process and its live children (DataLoader workers) since
+    the last ``reset``, in MB above the resident memory at that reset. Linux resets the high-water
+    mark on writing 5 to clear_refs, so no sampling thread competes with training for the GIL (a
+    20 ms sampler slowed epochs 2x)."""
 
     def __init__(self) -> None:
-        self.label = ""
-        self.peak: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.baseline = 0.0
 
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.02):
+    @staticmethod
+    def _pids() -> list[int]:
+        return [os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))]
+
+    @staticmethod
+    def _sum(field: str, pids: list[int]) -> float:
+        total = 0
+        for pid in pids:
             try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
                 continue
-            if self.label:
-                self.peak[self.label] = max(self.peak.get(self.label, 0.0), rss / 2**20)
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith(field)))
+        return total / 1024
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def reset(self) -> None:
+        pids = self._pids()
+        for pid in pids:
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                pass
+        self.baseline = self._sum("VmRSS:", pids)
+
+    def peak_mb(self) -> float:
+        return max(0.0, self._sum("VmHWM:", self._pids()) - self.baseline)
 
 
 @dataclass
@@ -114,7 +125,8 @@ class PathResult:
 
     seconds: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
-    rss_peak_mb: float = 0.0  # this process and its DataLoader workers, while the path ran
+    rss_peak_mb: float = 0.0  # growth of this process and its DataLoader workers during an epoch
+    data_mb: float = 0.0  # the images and labels the path trains and tests from
     cuda_peak_mb: float = 0.0
 
 
@@ -176,18 +188,26 @@ class _Interleave(NullMonitor):
     """Runs (a) and (c)'s next epochs between (b)'s, and times (b) from the wall clock between
     its epoch ends, so everything ``fit`` does per epoch counts, and nothing else."""
 
-    def __init__(self, others: dict[str, Callable[[], None]], b: PathResult, epochs: int) -> None:
-        self.others, self.b, self.epochs = others, b, epochs
+    def __init__(self, others: dict[str, Callable[[], None]], b: PathResult, epochs: int,
+                 memory: PeakMemory) -> None:
+        self.others, self.b, self.epochs, self.memory = others, b, epochs, memory
         self.since = 0.0
 
     def run_others(self) -> None:
         for run in self.others.values():
             run()
+        self.memory.reset()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         self.since = time.perf_counter()
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:  # unguarded: a benchmark error must surface
         self.b.seconds.append(time.perf_counter() - self.since)
         self.b.test_acc.append(row["valid_acc"])
+        self.b.rss_peak_mb = max(self.b.rss_peak_mb, self.memory.peak_mb())
+        if torch.cuda.is_available():
+            self.b.cuda_peak_mb = max(self.b.cuda_peak_mb, torch.cuda.max_memory_allocated() / 2**20)
         if row["epoch"] < self.epochs:
             self.run_others()
 
@@ -206,12 +226,16 @@ def compare(name: str, d: Data, base: Params, epochs: int, workers: int,
         models[path] = build_model(shape, classes, p).to(device)
         models[path].load_state_dict(initial)
     results = {path: PathResult() for path in PATHS}
+    preloaded = sum(t.numel() * t.element_size() for t in (d.x, d.y, d.xt, d.yt)) / 2**20
+    raw = sum(t.numel() * t.element_size() for ds in (d.train_ds, d.test_ds) for t in (ds.data, ds.targets)) / 2**20
+    for path in PATHS:
+        results[path].data_mb = raw if path == "textbook" else preloaded
     epoch_fns = {"hand": hand_epochs(models["hand"], d, p),
                  "textbook": textbook_epochs(models["textbook"], d, p, workers)}
 
     def timed(path: str) -> Callable[[], None]:
         def run() -> None:
-            memory.label = f"{name}/{path}"
+            memory.reset()
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -219,22 +243,15 @@ def compare(name: str, d: Data, base: Params, epochs: int, workers: int,
             acc = epoch_fns[path]()
             results[path].seconds.append(time.perf_counter() - started)
             results[path].test_acc.append(acc)
+            results[path].rss_peak_mb = max(results[path].rss_peak_mb, memory.peak_mb())
             if device.type == "cuda":
                 results[path].cuda_peak_mb = max(results[path].cuda_peak_mb,
                                                  torch.cuda.max_memory_allocated() / 2**20)
-            memory.label = f"{name}/foldwise"
         return run
 
-    interleave = _Interleave({path: timed(path) for path in ("hand", "textbook")}, results["foldwise"], epochs)
+    interleave = _Interleave({path: timed(path) for path in ("hand", "textbook")}, results["foldwise"], epochs, memory)
     interleave.run_others()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     fit(models["foldwise"], (d.x, d.y), (d.xt, d.yt), p, p.seed, interleave)
-    if device.type == "cuda":
-        results["foldwise"].cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    memory.label = ""
-    for path, r in results.items():
-        r.rss_peak_mb = memory.peak.get(f"{name}/{path}", 0.0)
     return results
 
 
