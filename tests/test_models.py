@@ -88,7 +88,7 @@ def test_width_shrinks_every_hidden_layer():
     small = build_model((1, 28, 28), 10, dataclasses.replace(Params(), width=0.5))
     convs = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     linears = [m.out_features for m in small.modules() if isinstance(m, nn.Linear)]
-    assert convs == [3, 8] and linears == [60, 42, 10]
+    assert convs == [4, 16] and linears == [60, 42, 10]  # conv_channels (8, 32) halved
     mlp = build_model((1, 28, 28), 10, dataclasses.replace(Params(), model="mlp", hidden_sizes=(200, 100), width=0.5))
     assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [100, 50, 10]
     with pytest.raises(ValueError, match="width: 0.5 cannot apply to resnet18"):

@@ -70,7 +70,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("compare: [baseline, baseline]\n", r"compare: a variant is listed twice"),
     ("variants: {baseline: {}, a: {lr: 0.1}, b: {lr: 0.2}}\ncompare: [a+b]\n",
      r"variant 'a\+b': its parts set lr to 0.1 and 0.2"),
-    ("warmup_epochs: 6\n", r"warmup_epochs: 6 is invalid; .*\(valid: 0 to 5\)"),
+    ("warmup_epochs: 5\n", r"warmup_epochs: 5 is invalid; .*\(valid: 0 to 4\)"),
     ("augment_flip: sometimes\n", r"augment_flip: expected true, false or auto"),
     ("width: 0\n", r"width: 0 is invalid; expected a multiplier in \(0, 8\]"),
     ("pretrained_path: w.pth\n", r"pretrained_path: 'w.pth' is invalid; is only read with pretrained: true"),

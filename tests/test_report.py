@@ -40,7 +40,7 @@ def test_report_has_every_section_with_the_runs_numbers():
     assert text.startswith("# Run report: fashion-mnist, lenet, variant l2\n")
     assert "100 train / 20 valid / 30 test images, 3 classes, 1x28x28" in text
     assert "variant **l2** (chosen by cross-validation)" in text
-    assert "| lr | `0.01` | `0.008` |" in text and "| epochs | `3` | `6` |" in text
+    assert "| lr | `0.01` | `0.008` |" in text and "| epochs | `3` | `5` |" in text
     assert "| hidden_sizes | [64, 32] | [512, 256, 128, 64] |" in text
     assert "| crossval | 2 min 00 s | 6 trainings (3 folds x 2 variants), 18 epochs in all |" in text
     assert "| train | 31.5 s |" in text and "| evaluate | 2.5 s |" in text

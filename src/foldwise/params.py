@@ -46,7 +46,7 @@ class Params:
     pretrained_path: str = ""  # a local weights file; "" = torchvision's cache ($TORCH_HOME)
     width: float = 1.0  # multiplies the hidden widths of mlp and lenet ("small" variant: < 1)
     hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # mlp hidden layer widths
-    conv_channels: tuple[int, ...] = (6, 16)  # lenet: channels of its two 5x5 convolutions
+    conv_channels: tuple[int, ...] = (8, 32)  # lenet: channels of its two 5x5 convolutions (classic: 6, 16)
     batchnorm: bool = True
     dropout: float = 0.0  # probability in [0, 1)
     init: str = "kaiming"
@@ -68,7 +68,7 @@ class Params:
     warmup_epochs: int = 0  # linear warm-up from lr/100 over this many epochs (per batch)
     patience: int = 0  # early stopping: epochs without a lower valid loss; 0 = off
     batch_size: int = 256
-    epochs: int = 6
+    epochs: int = 5
     # cross-validation and final model
     k_folds: int = 5
     variants: Mapping[str, Mapping[str, Any]] = field(
