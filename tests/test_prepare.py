@@ -73,3 +73,14 @@ def test_a_source_without_test_split_gets_one_carved_out(tmp_path, splits):
     assert manifest.groupby("split").size().to_dict() == {"test": 30, "train": 67, "valid": 23}
     assert set(manifest[manifest.split == "test"]["label"].value_counts()) == {10}
     assert manifest.path.is_unique  # each source image lands in exactly one split
+
+
+def test_splits_over_the_pixel_limit_keep_only_their_pngs(tmp_path, splits, monkeypatch):
+    import foldwise.prepare as prepare_module
+    from foldwise.data import decode_all, split_files
+
+    monkeypatch.setattr(prepare_module, "PIXELS_MAX_BYTES", 30 * 12 * 12)  # 30 grey 12x12 images
+    prepare(splits, tuple(CLASSES), tmp_path, valid_size=30, max_images_per_split=0, seed=0)
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["test.npy", "valid.npy"]  # train has 90
+    train = split_files(tmp_path, "train")
+    assert train.pixels is None and decode_all(train).shape == (90, 1, 12, 12)

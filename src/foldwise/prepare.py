@@ -207,7 +207,7 @@ def prepare(
         for d in dirs:
             (out_dir / split / d).mkdir(parents=True, exist_ok=True)
         origin = "test" if part is parts.get("test") else "train"
-        pixels: list[np.ndarray | None] = []
+        pixels: list[np.ndarray] | None = []  # None: not kept (staged files, or too large)
         # Sequential on purpose: measured faster than threads or processes on 2
         # cores for 28x28 images (the GIL and process start-up cost more than they save).
         for i in idx:
@@ -215,8 +215,12 @@ def prepare(
             rel = f"{split}/{dirs[label]}/{origin}-{i:05d}.png"
             md5, image = part.write(i, out_dir / rel)
             rows.append((rel, label, classes[label], split, md5, part.names[i]))
-            pixels.append(image)
-        _write_pixels(out_dir / PIXELS.format(split=split), pixels)
+            if pixels is not None and image is not None and image.nbytes * len(idx) <= PIXELS_MAX_BYTES:
+                pixels.append(image)
+            else:  # stop holding images the array would not take anyway (e.g. resized large)
+                pixels = None
+        if pixels:
+            _write_pixels(out_dir / PIXELS.format(split=split), pixels)
     shutil.rmtree(out_dir / ".staging", ignore_errors=True)
     manifest = pd.DataFrame(rows, columns=["path", "label", "class", "split", "md5", "source"])
     manifest.to_csv(out_dir / MANIFEST, index=False)
@@ -225,12 +229,10 @@ def prepare(
     return manifest
 
 
-def _write_pixels(path: Path, pixels: list[np.ndarray | None]) -> None:
+def _write_pixels(path: Path, pixels: list[np.ndarray]) -> None:
     """The split's images as one uint8 N x C x H x W array in manifest order, so later stages load
     them in a fraction of a second instead of decoding every PNG again (3-14 s for 60,000
-    28x28 images). Skipped for staged files and above ``PIXELS_MAX_BYTES``."""
-    if not pixels or any(p is None for p in pixels) or sum(p.nbytes for p in pixels) > PIXELS_MAX_BYTES:
-        return
+    28x28 images). Not written for staged files or splits over ``PIXELS_MAX_BYTES``."""
     np.save(path, np.ascontiguousarray(np.stack(pixels).transpose(0, 3, 1, 2)), allow_pickle=False)
 
 
