@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import pipeline_markdown, run_pipeline  # noqa: E402
-from training import CONFIGS, PATHS, PeakMemory, compare, load_fashion_mnist, median, time_to_accuracy  # noqa: E402
+from training import CONFIGS, PATHS, PeakMemory, compare, load_fashion_mnist, time_to_accuracy  # noqa: E402
 
 from foldwise.engine import choose_device  # noqa: E402
 from foldwise.params import load_params  # noqa: E402
@@ -69,7 +70,7 @@ def training_markdown(results: dict, d_train: int, cuda: bool) -> str:
     lines = [f"| model (batch) | path | median s/epoch | train images/s | data MB | {mem} | test acc (last epoch) "
              "| ratio |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, paths in results.items():
-        med = {path: median(r.seconds) for path, r in paths.items()}
+        med = {path: statistics.median(r.seconds) for path, r in paths.items()}
         ratio = {"hand": "", "foldwise": f"b/a = {med['foldwise'] / med['hand']:.2f}",
                  "textbook": f"c/b = {med['textbook'] / med['foldwise']:.2f}"}
         for path in PATHS:
@@ -98,7 +99,7 @@ def main() -> None:
     print(header, flush=True)
     with tempfile.TemporaryDirectory(prefix="foldwise-bench-data-") as tmp:
         d = load_fashion_mnist(Path(tmp), device, *((2048, 1000) if args.quick else (0, 0)))
-        memory = PeakMemory()
+        memory = PeakMemory(device)
         results = {}
         for name in args.models:
             results[name] = compare(name, d, p, epochs, args.workers, memory)
@@ -113,7 +114,7 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`"
         f"{' (reduced mode: timings mean nothing)' if args.quick else ''}.", "",
         f"Machine: {header}.", "",
-        f"## Training: hand-written loop vs foldwise vs textbook DataLoader", "",
+        "## Training: hand-written loop vs foldwise vs textbook DataLoader", "",
         f"{n_train:,} Fashion-MNIST training images per epoch, then the {len(d.yt):,} test images; "
         f"median over {epochs} interleaved epochs per path; Adam, one-cycle lr {p.lr}, params.yaml's "
         f"other hyperparameters; same initial weights. The textbook DataLoader uses {args.workers} workers. "

@@ -18,7 +18,6 @@ import dataclasses
 import gzip
 import os
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +83,12 @@ def load_fashion_mnist(root: Path, device: torch.device, train_images: int = 0, 
 
 class PeakMemory:
     """Peak resident memory (VmHWM) of this process and its live children (DataLoader workers) since
-    the last ``reset``, in MB above the resident memory at that reset. Linux resets the high-water
-    mark on writing 5 to clear_refs, so no sampling thread competes with training for the GIL (a
-    20 ms sampler slowed epochs 2x)."""
+    the last ``reset``, in MB above the resident memory at that reset, and on CUDA the peak
+    allocated GPU memory. Linux resets the high-water mark on writing 5 to clear_refs, so no
+    sampling thread competes with training for the GIL (a 20 ms sampler slowed epochs 2x)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
         self.baseline = 0.0
 
     @staticmethod
@@ -107,6 +107,7 @@ class PeakMemory:
         return total / 1024
 
     def reset(self) -> None:
+        """Start a measurement (call right before the timed work)."""
         pids = self._pids()
         for pid in pids:
             try:
@@ -114,9 +115,15 @@ class PeakMemory:
             except OSError:
                 pass
         self.baseline = self._sum("VmRSS:", pids)
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
 
-    def peak_mb(self) -> float:
-        return max(0.0, self._sum("VmHWM:", self._pids()) - self.baseline)
+    def record(self, result: "PathResult") -> None:
+        """Raise ``result``'s peaks to what was used since ``reset``."""
+        result.rss_peak_mb = max(result.rss_peak_mb, self._sum("VmHWM:", self._pids()) - self.baseline)
+        if self.cuda:
+            result.cuda_peak_mb = max(result.cuda_peak_mb, torch.cuda.max_memory_allocated() / 2**20)
 
 
 @dataclass
@@ -197,17 +204,12 @@ class _Interleave(NullMonitor):
         for run in self.others.values():
             run()
         self.memory.reset()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
         self.since = time.perf_counter()
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:  # unguarded: a benchmark error must surface
         self.b.seconds.append(time.perf_counter() - self.since)
         self.b.test_acc.append(row["valid_acc"])
-        self.b.rss_peak_mb = max(self.b.rss_peak_mb, self.memory.peak_mb())
-        if torch.cuda.is_available():
-            self.b.cuda_peak_mb = max(self.b.cuda_peak_mb, torch.cuda.max_memory_allocated() / 2**20)
+        self.memory.record(self.b)
         if row["epoch"] < self.epochs:
             self.run_others()
 
@@ -236,17 +238,11 @@ def compare(name: str, d: Data, base: Params, epochs: int, workers: int,
     def timed(path: str) -> Callable[[], None]:
         def run() -> None:
             memory.reset()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             acc = epoch_fns[path]()
             results[path].seconds.append(time.perf_counter() - started)
             results[path].test_acc.append(acc)
-            results[path].rss_peak_mb = max(results[path].rss_peak_mb, memory.peak_mb())
-            if device.type == "cuda":
-                results[path].cuda_peak_mb = max(results[path].cuda_peak_mb,
-                                                 torch.cuda.max_memory_allocated() / 2**20)
+            memory.record(results[path])
         return run
 
     interleave = _Interleave({path: timed(path) for path in ("hand", "textbook")}, results["foldwise"], epochs, memory)
@@ -269,6 +265,3 @@ def time_to_accuracy(d: Data, p: Params, thresholds: tuple[float, ...]) -> tuple
     reached = {t: next((r["seconds"] for r in rows if r["test_acc"] >= t), None) for t in thresholds}
     return rows, reached
 
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
