@@ -18,6 +18,7 @@ import dataclasses
 import gzip
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,3 +266,26 @@ def time_to_accuracy(d: Data, p: Params, thresholds: tuple[float, ...]) -> tuple
     reached = {t: next((r["seconds"] for r in rows if r["test_acc"] >= t), None) for t in thresholds}
     return rows, reached
 
+
+def reference_workload(d: Data, base: Params, epochs: int) -> dict[int, float]:
+    """The issue's reference workload, to compare this machine with the one its figures came from:
+    the MLP 784-512-256-128-64-10 trained by torch's own loop (constant-lr Adam, no scheduler, no
+    test pass) on the preloaded images, at batch 256 and 64. Returns median seconds per epoch by
+    batch size; the two batch sizes' epochs are interleaved, against drift."""
+    p = dataclasses.replace(base, model="mlp")
+    seed_everything(p.seed)
+    model = build_model(tuple(d.x.shape[1:]), int(d.y.max()) + 1, p).to(d.x.device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(p.seed)
+    seconds: dict[int, list[float]] = {256: [], 64: []}
+    for _ in range(epochs):
+        for batch, times in seconds.items():
+            started = time.perf_counter()
+            for idx in torch.randperm(len(d.y), generator=generator).to(d.x.device).split(batch):
+                loss = F.cross_entropy(model(d.x[idx]), d.y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            loss.item()  # waits for a GPU to finish the epoch
+            times.append(time.perf_counter() - started)
+    return {batch: statistics.median(times) for batch, times in seconds.items()}

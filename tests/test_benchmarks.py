@@ -47,3 +47,20 @@ def test_quick_benchmark_writes_every_table(tmp_path):
         assert re.search(rf"^\| {stage} \| [\d.]+ \|$", text, re.M), stage
     assert re.search(r"^\| second `dvc repro` \(nothing to do\) \| [\d.]+ \|$", text, re.M)
     assert re.search(r"Test accuracy 0\.\d{4}, macro F1 0\.\d{4}\.", text)
+    # this machine against the issue's reference figures (0.97 and 1.8 s per 60,000-image epoch)
+    speed = {int(b): (float(ref), float(here), float(r))
+             for b, ref, here, r in re.findall(r"^\| batch (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)}
+    assert set(speed) == {256, 64} and speed[256][0] == 0.97 and speed[64][0] == 1.8
+    for ref, here, r in speed.values():
+        assert here > 0 and abs(r - here / ref) < 0.01
+    factor = float(re.search(r"^\| \*\*factor\*\* \(geometric mean\) \| \| \| \*\*([\d.]+)\*\* \|$", text, re.M)[1])
+    assert abs(factor - (speed[256][2] * speed[64][2]) ** 0.5) < 0.01
+    # every target of the issue, judged, with an estimate for each time
+    targets = re.findall(r"^\| (.+?) \| (.+?) \| (yes|\*\*no\*\*) \| (.*?) \|$", text, re.M)
+    assert [t[0] for t in targets] == ["b/a <= 1.10 for every model", "c/b >= 4, MLP at batch 64",
+                                       "default CNN at 0.91 test accuracy <= 30 s", "full `dvc repro` <= 300 s",
+                                       "no-op `dvc repro` <= 3 s"]
+    noop = targets[-1]
+    assert noop[2] == ("yes" if float(noop[1].removesuffix(" s")) <= 3 else "**no**")
+    # estimate = measured / factor, both shown to 0.1 s
+    assert abs(float(noop[3].removesuffix(" s")) * factor - float(noop[1].removesuffix(" s"))) <= 0.051 * (1 + factor)
