@@ -44,6 +44,17 @@ def test_same_batches_in_the_same_order(prepared):
     assert torch.equal(xa, xb)
 
 
+def test_stored_order_batches_are_views_and_match_both_paths(prepared):
+    preloaded = open_split(prepared, "train", STATS, CPU, memory_budget_mb=1)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=0)
+    in_order = list(preloaded.batches(None, 50))
+    assert [len(x) for x, _ in in_order] == [50, 50, 20]
+    for (xa, ya), (xb, yb), (xc, yc) in zip(in_order, preloaded.batches(torch.arange(120), 50),
+                                            streamed.batches(None, 50), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa, xc) and torch.equal(ya, yc)
+        assert xa.untyped_storage().data_ptr() == preloaded.x.untyped_storage().data_ptr()  # no copy
+
+
 def test_training_is_identical_on_both_paths(prepared, tiny_params):
     p = dataclasses.replace(tiny_params, epochs=2, batch_size=16)
     histories = []

@@ -54,7 +54,9 @@ class Streamed:
     def subset(self, idx: np.ndarray) -> "Streamed":
         return Streamed(self.files.subset(idx), self.stats, self.device, self.workers)
 
-    def batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if order is None:  # stored order
+            order = torch.arange(len(self.files))
         # A DataLoader draws its workers' base seed from its generator: a private one keeps torch's
         # global stream (dropout) the same as when preloaded. Workers only decode: nothing random.
         loader = DataLoader(self.files, batch_sampler=[b.tolist() for b in order.split(size)],
