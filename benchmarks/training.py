@@ -267,18 +267,18 @@ def time_to_accuracy(d: Data, p: Params, thresholds: tuple[float, ...]) -> tuple
     return rows, reached
 
 
-def reference_workload(d: Data, base: Params, epochs: int) -> dict[int, float]:
+def reference_workload(d: Data, base: Params, epochs: int, batch_sizes: tuple[int, ...]) -> dict[int, float]:
     """The issue's reference workload, to compare this machine with the one its figures came from:
     the plain MLP 784-512-256-128-64-10 (no BatchNorm: the issue names it for LeNet only) trained
     by torch's own loop (constant-lr Adam, no scheduler, no test pass) on the preloaded images, at
-    batch 256 and 64. Returns median seconds per epoch by batch size; the two batch sizes' epochs
+    each of ``batch_sizes``. Returns median seconds per epoch by batch size; the batch sizes' epochs
     are interleaved, against drift."""
     p = dataclasses.replace(base, model="mlp", batchnorm=False, dropout=0.0)
     seed_everything(p.seed)
     model = build_model(tuple(d.x.shape[1:]), int(d.y.max()) + 1, p).to(d.x.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(p.seed)
-    seconds: dict[int, list[float]] = {256: [], 64: []}
+    seconds: dict[int, list[float]] = {batch: [] for batch in batch_sizes}
     for _ in range(epochs):
         for batch, times in seconds.items():
             started = time.perf_counter()
