@@ -46,8 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import pipeline_markdown, run_pipeline  # noqa: E402
-from training import (CONFIGS, PATHS, PeakMemory, compare, load_fashion_mnist, reference_workload,  # noqa: E402
-                      time_to_accuracy)
+from training import (CONFIGS, EPOCH_MULTIPLIER, PATHS, PeakMemory, compare, load_fashion_mnist,  # noqa: E402
+                      reference_workload, time_to_accuracy)
 
 from foldwise.engine import choose_device  # noqa: E402
 from foldwise.params import load_params  # noqa: E402
@@ -171,7 +171,8 @@ def main() -> None:
         f"Machine: {header}.", "",
         "## Training: hand-written loop vs foldwise vs textbook DataLoader", "",
         f"{n_train:,} Fashion-MNIST training images per epoch, then the {len(d.yt):,} test images; "
-        f"median over {epochs} interleaved epochs per path; Adam, one-cycle lr {p.lr}, params.yaml's "
+        f"median over {epochs} interleaved epochs per path ({epochs * EPOCH_MULTIPLIER['softmax']} for softmax, "
+        f"whose epochs are short enough for the machine's jitter to matter); Adam, one-cycle lr {p.lr}, params.yaml's "
         f"other hyperparameters; same initial weights. The textbook DataLoader uses {args.workers} workers. "
         "(a) and (c) use torch's defaults (Adam's per-parameter loop, NCHW memory); (b) is foldwise as the "
         "stages run it (fused Adam, channels-last memory for convolutions). *data MB*: the images and labels "
