@@ -172,8 +172,9 @@ def main() -> None:
         "## Training: hand-written loop vs foldwise vs textbook DataLoader", "",
         f"{n_train:,} Fashion-MNIST training images per epoch, then the {len(d.yt):,} test images; "
         f"median over {epochs} interleaved epochs per path ({epochs * EPOCH_MULTIPLIER['softmax']} for softmax, "
-        f"whose epochs are short enough for the machine's jitter to matter); Adam, one-cycle lr {p.lr}, params.yaml's "
-        f"other hyperparameters; same initial weights. The textbook DataLoader uses {args.workers} workers. "
+        f"whose epochs are short enough for the machine's jitter to matter), in rounds of a, c, b then "
+        f"c, a, b; Adam, one-cycle lr {p.lr}, params.yaml's other hyperparameters; same initial weights. "
+        f"The textbook DataLoader uses {args.workers} workers. "
         "(a) and (c) use torch's defaults (Adam's per-parameter loop, NCHW memory); (b) is foldwise as the "
         "stages run it (fused Adam, channels-last memory for convolutions). *data MB*: the images and labels "
         "a path holds (preloaded float32 for a and b, torchvision's uint8 for c); *RSS growth MB*: the most "
