@@ -11,12 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from training import CONFIGS  # noqa: E402
+from training import CONFIGS, PathResult, PeakMemory, _Interleave  # noqa: E402
 
 ROW = re.compile(r"^\| (\S+) \((\d+)\) \| \(([abc])\) [\w-]+ \| ([\d.]+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| "
                  r"([\d.]+) \| (.*) \|$", re.M)
@@ -64,3 +65,12 @@ def test_quick_benchmark_writes_every_table(tmp_path):
     assert noop[2] == ("yes" if float(noop[1].removesuffix(" s")) <= 3 else "**no**")
     # estimate = measured / factor, both shown to 0.1 s
     assert abs(float(noop[3].removesuffix(" s")) * factor - float(noop[1].removesuffix(" s"))) <= 0.051 * (1 + factor)
+
+
+def test_rounds_alternate_which_path_runs_right_before_foldwise():
+    ran = []
+    others = {"hand": lambda: ran.append("a"), "textbook": lambda: ran.append("c")}
+    interleave = _Interleave(others, PathResult(), epochs=4, memory=PeakMemory(torch.device("cpu")))
+    for _ in range(4):
+        interleave.run_others()
+    assert ran == ["a", "c", "c", "a", "a", "c", "c", "a"]
