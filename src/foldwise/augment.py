@@ -26,6 +26,14 @@ def _tf():  # torchvision.transforms.v2.functional
     return functional
 
 
+def _to(draws: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU random draws onto ``device``. On CUDA through pinned memory, asynchronously: a copy from
+    ordinary (pageable) memory would make the CPU wait, every batch, for all the GPU work queued."""
+    if device.type != "cuda":
+        return draws.to(device)
+    return draws.pin_memory().to(device, non_blocking=True)
+
+
 def flip_allowed(p: Params) -> bool:
     """``augment_flip``, where ``auto`` asks the dataset (a mirrored digit is not the same digit)."""
     if p.augment_flip != "auto":
@@ -56,14 +64,14 @@ class Augmenter:
         if self.padding:
             pad = self.padding
             padded = _tf().pad(x, [pad, pad, pad, pad], padding_mode="reflect")
-            dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=self.generator).to(x.device)
+            dy, dx = _to(torch.randint(0, 2 * pad + 1, (2, n, 1), generator=self.generator), x.device)
             rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # n x 1 x h x 1
             cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # n x 1 x 1 x w
             batch = torch.arange(n, device=x.device)[:, None, None, None]
             channel = torch.arange(c, device=x.device)[None, :, None, None]
             x = padded[batch, channel, rows, cols]
         if self.flip:
-            mirrored = torch.rand(n, generator=self.generator).lt(0.5).to(x.device)[:, None, None, None]
+            mirrored = _to(torch.rand(n, generator=self.generator).lt(0.5), x.device)[:, None, None, None]
             x = torch.where(mirrored, _tf().horizontal_flip(x), x)
         return x
 
