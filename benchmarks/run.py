@@ -81,8 +81,8 @@ def ratio(results: dict, name: str, num: str, den: str) -> float:
 def training_markdown(results: dict, d_train: int, cuda: bool) -> str:
     """The side-by-side table: one row per configuration and path."""
     mem = "peak GPU MB" if cuda else "RSS growth MB"
-    lines = [f"| model (batch) | path | median s/epoch | train images/s | data MB | {mem} | test acc (last epoch) "
-             "| ratio |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| model (batch) | path | median s/epoch | fastest-slowest | train images/s | data MB | {mem} "
+             "| test acc (last epoch) | ratio |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, paths in results.items():
         med = {path: statistics.median(r.seconds) for path, r in paths.items()}
         ratios = {"hand": "", "foldwise": f"b/a = {ratio(results, name, 'foldwise', 'hand'):.2f}",
@@ -91,7 +91,8 @@ def training_markdown(results: dict, d_train: int, cuda: bool) -> str:
             r = paths[path]
             memory = r.cuda_peak_mb if cuda else r.rss_peak_mb
             label = {"hand": "(a) hand-written", "foldwise": "(b) foldwise", "textbook": "(c) textbook"}[path]
-            lines.append(f"| {name} ({CONFIGS[name][1]}) | {label} | {med[path]:.2f} | {d_train / med[path]:,.0f} | "
+            lines.append(f"| {name} ({CONFIGS[name][1]}) | {label} | {med[path]:.2f} | "
+                         f"{min(r.seconds):.2f}-{max(r.seconds):.2f} | {d_train / med[path]:,.0f} | "
                          f"{r.data_mb:,.0f} | {memory:,.0f} | {r.test_acc[-1]:.4f} | {ratios[path]} |")
     return "\n".join(lines)
 
@@ -176,7 +177,8 @@ def main() -> None:
         f"c, a, b; Adam, one-cycle lr {p.lr}, params.yaml's other hyperparameters; same initial weights. "
         f"The textbook DataLoader uses {args.workers} workers. "
         "(a) and (c) use torch's defaults (Adam's per-parameter loop, NCHW memory); (b) is foldwise as the "
-        "stages run it (fused Adam, channels-last memory for convolutions). *data MB*: the images and labels "
+        "stages run it (fused Adam, channels-last memory for convolutions). *fastest-slowest*: the range of "
+        "those epochs, how much the machine drifted. *data MB*: the images and labels "
         "a path holds (preloaded float32 for a and b, torchvision's uint8 for c); *RSS growth MB*: the most "
         "this process and its DataLoader workers grew during one epoch.", "",
         training_markdown(results, n_train, device.type == "cuda"), "",
