@@ -73,10 +73,14 @@ def stats_tensors(stats: dict[str, Any], device: torch.device) -> tuple[torch.Te
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` on the device of ``mean``."""
+    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` on the device of ``mean``.
+
+    A host-to-device copy does not wait for the GPU when ``images`` are pinned (streamed batches on
+    CUDA), so no batch syncs the host; a copy back to the host would have to, so it stays blocking."""
     if mean.shape[1] != images.shape[1]:
         raise ValueError(f"stats have {mean.shape[1]} channels, images have {images.shape[1]}")
-    return ((images.to(mean.device).float() / 255.0 - mean) / std).contiguous()
+    images = images.to(mean.device, non_blocking=images.device.type == "cpu")
+    return ((images.float() / 255.0 - mean) / std).contiguous()
 
 
 def to_inputs(images: torch.Tensor, stats: dict[str, Any], device: torch.device) -> torch.Tensor:

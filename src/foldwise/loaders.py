@@ -62,9 +62,8 @@ class Streamed:
         loader = DataLoader(self.files, batch_sampler=[b.tolist() for b in order.split(size)],
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(0))
-        for images, labels in loader:  # pinned on CUDA, so these copies do not wait for the GPU
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            yield normalise(images, *self._mean_std), labels
+        for images, labels in loader:  # pinned on CUDA, so neither copy waits for the GPU
+            yield normalise(images, *self._mean_std), labels.to(self.device, non_blocking=True)
 
 
 def open_split(prepared_dir: str | Path, split: str, stats: dict[str, Any], device: torch.device,
