@@ -14,7 +14,7 @@
    which test accuracy first reaches 0.90 and 0.91.
 3. The pipeline (``benchmarks/pipeline.py``): a full ``dvc repro`` of the
    default params.yaml in a fresh clone of HEAD, per stage (prepare and
-   normalize included), then a second ``dvc repro`` that has nothing to do.
+   normalize included), then ``dvc repro`` again with nothing to do (right after, and a median of 3 more).
 4. This machine against the one issue 7's targets were set on: its reference
    workload (the MLP in torch's own loop at batch 256 and 64) timed here, as
    a speed factor.
@@ -127,7 +127,10 @@ def targets_markdown(results: dict, reached: dict, run: dict | None, factor: flo
                  seconds is not None and seconds <= 30, seconds))
     if run is not None:
         rows.append(("full `dvc repro` <= 300 s", f"{run['total']:.1f} s", run["total"] <= 300, run["total"]))
-        rows.append(("no-op `dvc repro` <= 3 s", f"{run['noop']:.1f} s", run["noop"] <= 3, run["noop"]))
+        again = statistics.median(run["noop_again"])
+        rows.append(("no-op `dvc repro` <= 3 s, right after", f"{run['noop']:.1f} s", run["noop"] <= 3, run["noop"]))
+        rows.append((f"no-op `dvc repro` <= 3 s, median of the next {len(run['noop_again'])}", f"{again:.1f} s",
+                     again <= 3, again))
     lines = ["| target | measured here | met here | estimate at the reference machine's speed |",
              "|---|---:|---|---:|"]
     for target, measured, met, secs in rows:
