@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from pipeline import no_op_repro  # noqa: E402
 from training import CONFIGS, PathResult, PeakMemory, _Interleave  # noqa: E402
 
 ROW = re.compile(r"^\| (\S+) \((\d+)\) \| \(([abc])\) [\w-]+ \| ([\d.]+) \| ([\d.]+)-([\d.]+) \| ([\d,]+) \| "
@@ -79,3 +81,20 @@ def test_rounds_alternate_which_path_runs_right_before_foldwise():
     for _ in range(4):
         interleave.run_others()
     assert ran == ["a", "c", "c", "a", "a", "c", "c", "a"]
+
+
+def test_no_op_timing_refuses_a_repro_that_runs_a_stage(tmp_path):
+    """A no-op `dvc repro` that re-runs a stage would be timed as if it were one; the suite stops instead."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    settled = {"cmd": "echo 1 > settled.txt", "outs": ["settled.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"settled": settled}}))
+    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True)
+    assert no_op_repro(tmp_path, env) > 0  # nothing to do: timed
+    restless = {"cmd": "echo 1 > restless.txt", "outs": ["restless.txt"], "always_changed": True}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"settled": settled, "restless": restless}}))
+    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True)
+    with pytest.raises(SystemExit, match=r"re-ran \['restless'\]"):
+        no_op_repro(tmp_path, env)
