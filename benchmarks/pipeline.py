@@ -33,6 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NOOP_REPEATS = 3
 
 
+def dvc_env() -> dict[str, str]:
+    """This process's environment with this Python's ``dvc`` first on PATH, analytics off."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1"}
+
+
 def timed_repro(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
     """Run `dvc repro`, echoing its output; return total seconds and seconds per stage."""
     started = time.perf_counter()
@@ -83,8 +89,7 @@ def run_pipeline(overrides: list[str], save: Path | None = None) -> dict:
     no-op run right after it (``noop``) and of the ones after that
     (``noop_again``), and the run's CV summary and test metrics.
     """
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+    env = dvc_env()
     with tempfile.TemporaryDirectory(prefix="foldwise-bench-") as tmp:
         repo = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)

@@ -5,7 +5,6 @@ machine); what is asserted is that every table is there and complete, and
 that every path trains (better than chance).
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline import no_op_repro  # noqa: E402
+from pipeline import dvc_env, no_op_repro  # noqa: E402
 from training import CONFIGS, PathResult, PeakMemory, _Interleave  # noqa: E402
 
 ROW = re.compile(r"^\| (\S+) \((\d+)\) \| \(([abc])\) [\w-]+ \| ([\d.]+) \| ([\d.]+)-([\d.]+) \| ([\d,]+) \| "
@@ -27,8 +26,7 @@ ROW = re.compile(r"^\| (\S+) \((\d+)\) \| \(([abc])\) [\w-]+ \| ([\d.]+) \| ([\d
 
 def test_quick_benchmark_writes_every_table(tmp_path):
     out = tmp_path / "results.md"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu"}
+    env = {**dvc_env(), "FOLDWISE_DEVICE": "cpu"}
     subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)], cwd=ROOT, env=env,
                    check=True, timeout=1200)
     text = out.read_text()
@@ -85,8 +83,7 @@ def test_rounds_alternate_which_path_runs_right_before_foldwise():
 
 def test_no_op_timing_refuses_a_repro_that_runs_a_stage(tmp_path):
     """A no-op `dvc repro` that re-runs a stage would be timed as if it were one; the suite stops instead."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+    env = dvc_env()
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
     settled = {"cmd": "echo 1 > settled.txt", "outs": ["settled.txt"]}
