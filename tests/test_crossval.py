@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from foldwise.checkpoints import Checkpoints
 from foldwise.crossval import make_folds, run_crossval
 from foldwise.cvstats import cv_table, explain_choice, paired_test, summarize
 from foldwise.engine import to_inputs
+from foldwise.monitor import Monitor
 
 
 def test_folds_are_stratified_disjoint_and_seeded():
@@ -77,7 +79,7 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     p = tiny_params
     assert list(result.folds.columns) == [
         "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
-        "best_epoch", "epochs", "stopped_early", "seconds"]
+        "best_epoch", "epochs", "stopped_early"]  # no wall-clock seconds: folds.csv is committed
     assert len(result.folds) == len(p.variants) * p.k_folds
     assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
     assert set(result.summary["variants"]) == set(p.variants)
@@ -135,18 +137,64 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     whole = run_crossval((x, tiny_set.labels), 3, p)
     with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
         run_crossval((x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
-    resumed = run_crossval((x, tiny_set.labels), 3, p, checkpoints=Checkpoints("crossval", "k1", tmp_path))
-    pd.testing.assert_frame_equal(resumed.folds.drop(columns="seconds"), whole.folds.drop(columns="seconds"))
+    seen = Recorder()
+    resumed = run_crossval((x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    pd.testing.assert_frame_equal(resumed.folds, whole.folds)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
     assert resumed.summary == whole.summary
+    # monitors that keep files (dvclive) get every row once: the replayed ones first, then the new ones
+    assert seen.kinds[:1] == ["resume"] and "epoch" in seen.kinds
+    assert [(r["variant"], r["fold"], r["epoch"]) for r in seen.rows] == \
+        [(r.variant, r.fold, r.epoch) for r in whole.history.itertuples()]
     Checkpoints("crossval", "k1", tmp_path).clear()
     assert not (tmp_path / "crossval").exists()
 
 
-def test_checkpoints_of_other_params_are_never_resumed(tmp_path):
-    Checkpoints("crossval", "old", tmp_path).save("run000", {"done": True})
-    fresh = Checkpoints("crossval", "new", tmp_path)
-    assert fresh.load("run000") is None and not (tmp_path / "crossval" / "old").exists()
+class Recorder(Monitor):
+    def __init__(self):
+        self.kinds, self.rows = [], []
+
+    def _resume(self, rows):
+        self.kinds.append("resume")
+        self.rows.extend(rows)
+
+    def _epoch_end(self, row):
+        self.kinds.append("epoch")
+        self.rows.append(row)
+
+
+def test_checkpoints_of_other_experiments_are_never_resumed_nor_touched(tmp_path):
+    """Two queued experiments run side by side: neither may delete the other's resume state."""
+    Checkpoints("crossval", "lr-a", tmp_path).save("run000", {"done": True})
+    other = Checkpoints("crossval", "lr-b", tmp_path)
+    assert other.load("run000") is None
+    other.save("run000", {"done": False})
+    other.clear()  # lr-b finished: only its own key goes
+    assert Checkpoints("crossval", "lr-a", tmp_path).load("run000") == {"done": True}
+    assert not (tmp_path / "crossval" / "lr-b").exists()
+
+
+def test_checkpoints_nobody_wrote_for_a_week_are_pruned(tmp_path):
+    import os
+    import time
+
+    Checkpoints("crossval", "killed", tmp_path).save("run000", {"done": False})
+    Checkpoints("crossval", "running", tmp_path).save("run000", {"done": False})
+    old = time.time() - 8 * 86400
+    for path in (tmp_path / "crossval" / "killed", tmp_path / "crossval" / "killed" / "run000.pt"):
+        os.utime(path, (old, old))
+    Checkpoints("crossval", "new", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "crossval").iterdir()) == ["running"]
+
+
+def test_checkpoints_live_in_the_dvc_project_that_queued_the_run(tmp_path, monkeypatch):
+    """DVC points DVC_ROOT at the parent repository in queued runs (temporary copies): a re-queued
+    experiment finds its checkpoints there."""
+    from foldwise.checkpoints import CHECKPOINT_ENV, default_root
+
+    assert default_root({"DVC_ROOT": str(tmp_path)}) == tmp_path / ".foldwise" / "checkpoints"
+    assert default_root({"DVC_ROOT": str(tmp_path), CHECKPOINT_ENV: "/elsewhere"}) == Path("/elsewhere")
+    assert default_root({}) == Path(".foldwise") / "checkpoints"
 
 
 def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, tiny_stats):

@@ -76,6 +76,7 @@ def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None
             rows.append(saved["row"])
             history.extend(saved["history"])
             if monitor is not None:
+                monitor.on_resume(saved["history"])
                 monitor.on_fold_end(saved["row"])
             continue
         if saved is not None:
@@ -100,8 +101,11 @@ def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None
             "best_valid_acc": max(r["valid_acc"] for r in result.history),
             "best_valid_loss": min(r["valid_loss"] for r in result.history),
             "best_epoch": result.best_epoch, "epochs": len(result.history),
-            "stopped_early": result.stopped_early, "seconds": round(time.perf_counter() - started, 2),
+            "stopped_early": result.stopped_early,
         }
+        # wall-clock time goes to the console only: committed results must not change run to run
+        print(f"{variant} fold {fold}: {len(result.history)} epochs in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
         if checkpoints:
             checkpoints.save(name, {"done": True, "row": row, "history": result.history})
         rows.append(row)

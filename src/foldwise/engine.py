@@ -299,6 +299,7 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
             augmenter.load_state_dict(resume["augmenter"])
         _set_rng_state(resume["rng"], device)
         result = FitResult(**resume["result"])
+        monitor.on_resume(result.history)
     while len(result.history) < p.epochs and not result.stopped_early:
         epoch = len(result.history) + 1
         started = time.perf_counter()

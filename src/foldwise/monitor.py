@@ -1,7 +1,8 @@
 """Training callbacks. A monitor can never break training: every hook swallows its own errors.
 
 ``ConsoleMonitor`` prints one line per epoch so ``dvc repro`` shows
-progress; ``live.VisdomMonitor`` draws the live view. Hooks receive plain
+progress; ``visdom_monitor.VisdomMonitor`` draws the live view;
+``dvclive_monitor.DvcLiveMonitor`` writes dvclive's files for DVC's tools. Hooks receive plain
 values (and, per step, a detached loss tensor); they must return at once.
 """
 
@@ -57,6 +58,11 @@ class Monitor:
         self._epoch_end(row)
 
     @_guarded
+    def on_resume(self, rows: list[dict[str, Any]]) -> None:
+        """History rows finished before an interruption, in order, when a run resumes from its checkpoint."""
+        self._resume(rows)
+
+    @_guarded
     def on_predictions(self, tags: dict[str, Any], labels: torch.Tensor, predicted: torch.Tensor) -> None:
         """Validation labels and predicted classes after an epoch (``tags`` include it), when ``wants_predictions``."""
         self._predictions(tags, labels, predicted)
@@ -80,6 +86,7 @@ class Monitor:
     def _start(self, info: dict[str, Any]) -> None: ...
     def _step(self, tags: dict[str, Any], epoch: float, loss: torch.Tensor, lr: float) -> None: ...
     def _epoch_end(self, row: dict[str, Any]) -> None: ...
+    def _resume(self, rows: list[dict[str, Any]]) -> None: ...
     def _predictions(self, tags: dict[str, Any], labels: torch.Tensor, predicted: torch.Tensor) -> None: ...
     def _fold_end(self, row: dict[str, Any]) -> None: ...
     def _test(self, confusion: np.ndarray, classes: list[str], images: np.ndarray,
@@ -123,6 +130,10 @@ class Monitors(Monitor):
     def _epoch_end(self, row: dict[str, Any]) -> None:
         for m in self.monitors:
             m.on_epoch_end(row)
+
+    def _resume(self, rows: list[dict[str, Any]]) -> None:
+        for m in self.monitors:
+            m.on_resume(rows)
 
     def _predictions(self, tags: dict[str, Any], labels: torch.Tensor, predicted: torch.Tensor) -> None:
         for m in self.monitors:
