@@ -130,23 +130,38 @@ def show_test(monitor: Monitor, prepared_dir: str | Path, predictions: pd.DataFr
         print(f"warning: visdom: no test view ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
-def monitor_from_env(stage: str, predictions: bool = False, environ: dict[str, str] | None = None) -> Monitor:
-    """The stage's monitor: console lines always, plus the live view when ``FOLDWISE_VISDOM`` is on.
+def _dvclive(directory: str | Path | None, group_by: tuple[str, ...]) -> list[Monitor]:
+    """dvclive's monitor for ``directory`` (a stage output), or none: a failure only costs the live files."""
+    if directory is None:
+        return []
+    from foldwise.dvclive_monitor import DvcLiveMonitor
 
-    A bad setting is reported once and the stage trains without the live
-    view: monitoring must never be the reason a run fails.
+    try:
+        return [DvcLiveMonitor(directory, group_by)]
+    except Exception as exc:  # noqa: BLE001 - monitoring must never be the reason a run fails
+        print(f"warning: dvclive: no live metrics in {directory} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return []
+
+
+def monitor_from_env(stage: str, predictions: bool = False, environ: dict[str, str] | None = None,
+                     live_dir: str | Path | None = None, group_by: tuple[str, ...] = ()) -> Monitor:
+    """The stage's monitors: console lines, dvclive's files in ``live_dir`` (grouped by the
+    ``group_by`` tags), and the live view when ``FOLDWISE_VISDOM`` is on.
+
+    A bad setting is reported once and the stage trains without that
+    monitor: monitoring must never be the reason a run fails.
     """
     environ = os.environ if environ is None else environ
+    monitors: list[Monitor] = [ConsoleMonitor(), *_dvclive(live_dir, group_by)]
     try:
         url = server_url(environ.get(ENABLE_ENV))
-        if url is None:
-            return ConsoleMonitor()
-        env = env_name(environ)
-        root = Path(environ.get("DVC_ROOT", "."))
-        log = root / LOG_DIR / f"{env}.jsonl"
-        every = parse_every(environ.get(EVERY_ENV))
-        print(f"live view: {url}/env/{env} (log {log})", file=sys.stderr)
-        return Monitors(ConsoleMonitor(), VisdomMonitor(url, env, log, stage, every, predictions))
+        if url is not None:
+            env = env_name(environ)
+            root = Path(environ.get("DVC_ROOT", "."))
+            log = root / LOG_DIR / f"{env}.jsonl"
+            every = parse_every(environ.get(EVERY_ENV))
+            print(f"live view: {url}/env/{env} (log {log})", file=sys.stderr)
+            monitors.append(VisdomMonitor(url, env, log, stage, every, predictions))
     except Exception as exc:  # noqa: BLE001
         print(f"warning: visdom: live view off ({exc})", file=sys.stderr)
-        return ConsoleMonitor()
+    return monitors[0] if len(monitors) == 1 else Monitors(*monitors)
