@@ -7,12 +7,12 @@ from pathlib import Path
 from foldwise.checkpoints import for_stage
 from foldwise.cli import run_stage
 from foldwise.crossval import run_crossval
-from foldwise.cvstats import cv_table, explain_choice
+from foldwise.cvstats import cv_table, explain_choice, headline
 from foldwise.data import read_classes
 from foldwise.engine import choose_device
 from foldwise.loaders import open_split
 from foldwise.live import monitor_from_env
-from foldwise.outputs import remove_outputs, write_csv, write_json, write_text
+from foldwise.outputs import write_csv, write_json, write_text
 from foldwise.params import load_params
 
 
@@ -22,27 +22,30 @@ def main() -> None:
     parser.add_argument("--stats", required=True)
     parser.add_argument("--history", required=True, help="CSV: one row per variant, fold and epoch")
     parser.add_argument("--folds", required=True, help="CSV: one row per variant and fold")
-    parser.add_argument("--summary", required=True, help="JSON metrics: mean/std per variant, chosen variant")
+    parser.add_argument("--metrics", required=True, help="JSON metrics: mean/std/p per variant, chosen variant")
+    parser.add_argument("--summary", required=True, help="JSON: the full statistics (CIs, differences, epochs)")
     parser.add_argument("--table", required=True, help="Markdown: the CV table, the choice and why")
+    parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
     args = parser.parse_args()
     p = load_params()
-    remove_outputs(args.history, args.folds, args.summary, args.table)
     device = choose_device()
     stats = json.loads(Path(args.stats).read_text())
     train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
     classes = read_classes(args.prepared)
     checkpoints = for_stage("crossval", p.to_dict(), device.type,
                             [Path(args.prepared) / "manifest.csv", args.stats])
-    monitor = monitor_from_env("crossval")
+    monitor = monitor_from_env("crossval", live_dir=args.live, group_by=("variant",))
     monitor.start({"stage": "crossval", "params": p.to_dict(), "device": str(device), "classes": classes,
                    "total_epochs": p.k_folds * sum(p.for_variant(v).epochs for v in p.compared)})
     try:
         result = run_crossval(train, len(classes), p, monitor, checkpoints)
     finally:
         monitor.close()
-    write_csv(args.history, result.history.round(6))
+    Path(args.live).mkdir(parents=True, exist_ok=True)  # a declared output, even if dvclive could not write
+    write_csv(args.history, result.history.drop(columns="seconds").round(6))
     write_csv(args.folds, result.folds.round(6))
-    write_json(args.summary, {**result.summary, "device": device.type})
+    write_json(args.summary, result.summary)
+    write_json(args.metrics, headline(result.summary))
     write_text(args.table, cv_table(result.summary))
     checkpoints.clear()
     print(f"chosen {explain_choice(result.summary)}")

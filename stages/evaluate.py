@@ -1,7 +1,6 @@
 """DVC stage: test-set metrics of the final model, and the confusion / per-class data for `dvc plots`."""
 
 import argparse
-import time
 
 from foldwise.cli import run_stage
 from foldwise.data import read_classes
@@ -9,7 +8,7 @@ from foldwise.engine import choose_device
 from foldwise.final import evaluate_on, load_checkpoint
 from foldwise.live import monitor_from_env, show_test
 from foldwise.loaders import open_split
-from foldwise.outputs import remove_outputs, write_csv, write_json
+from foldwise.outputs import write_csv, write_json
 from foldwise.params import load_params, parse_params
 from foldwise.plot_data import confusion_counts, per_class, sample_predictions
 from foldwise.metrics import provenance
@@ -19,14 +18,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--metrics", required=True, help="JSON metrics (reports/metrics.json)")
+    parser.add_argument("--metrics", required=True, help="JSON metrics: test loss, accuracy, macro F1")
     parser.add_argument("--predictions", required=True,
                         help="CSV: index,actual,predicted,confidence per test image (sampled above a bound)")
     parser.add_argument("--confusion", required=True, help="CSV: actual,predicted,count (exact)")
     parser.add_argument("--per-class", required=True, help="CSV: class,precision,recall,f1,support")
+    parser.add_argument("--provenance", required=True, help="JSON: dataset, model, variant, seed, device, versions")
     args = parser.parse_args()
-    started = time.perf_counter()
-    remove_outputs(args.metrics, args.predictions, args.confusion, args.per_class)
     device = choose_device()
     model, checkpoint = load_checkpoint(args.model, device)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
@@ -37,9 +35,8 @@ def main() -> None:
     write_csv(args.predictions, sample_predictions(predictions, p.seed))
     write_csv(args.confusion, confusion_counts(predictions["actual"], predictions["predicted"], classes))
     write_csv(args.per_class, per_class(metrics))
-    write_json(args.metrics, {"test": metrics, "provenance": {
-        **provenance(p, checkpoint["variant"], device), "test_images": len(predictions),
-        "seconds": round(time.perf_counter() - started, 1)}})
+    write_json(args.provenance, {**provenance(p, checkpoint["variant"], device), "test_images": len(predictions)})
+    write_json(args.metrics, {"test": {k: metrics[k] for k in ("loss", "accuracy", "macro_f1")}})
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
     monitor = monitor_from_env("evaluate", predictions=True)  # live view: test confusion and example images
     monitor.start({"stage": "evaluate", "params": p.to_dict(), "device": str(device), "classes": classes})

@@ -8,7 +8,7 @@ import pandas as pd
 
 from foldwise import figures
 from foldwise.cli import run_stage
-from foldwise.data import images_at
+from foldwise.data import images_at, read_classes
 from foldwise.outputs import atomic_dir
 from foldwise.plot_data import confident_mistakes, counts_matrix, curve_families, pick_examples, read_table
 
@@ -21,15 +21,14 @@ def main() -> None:
     parser.add_argument("--train-history", required=True)
     parser.add_argument("--predictions", required=True)
     parser.add_argument("--confusion", required=True)
-    parser.add_argument("--metrics", required=True, help="evaluate's JSON (its per-class keys give the class order)")
+    parser.add_argument("--provenance", required=True, help="evaluate's provenance JSON (the seed of the galleries)")
     parser.add_argument("--prepared", required=True, help="prepared images (the galleries show test images)")
     parser.add_argument("--out", required=True, help="folder for the PNG figures")
     parser.add_argument("--curves", required=True, help="folder for <family>.csv (loss, accuracy)")
     args = parser.parse_args()
     chosen = json.loads(Path(args.cv).read_text())["chosen"]
-    metrics = json.loads(Path(args.metrics).read_text())
-    classes = list(metrics["test"]["per_class"])
-    seed = metrics["provenance"]["seed"]
+    classes = read_classes(args.prepared)
+    seed = json.loads(Path(args.provenance).read_text())["seed"]
     cv_history, train_history = pd.read_csv(args.cv_history), pd.read_csv(args.train_history)
     predictions = read_table(args.predictions)
     mistakes = confident_mistakes(predictions)

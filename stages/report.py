@@ -16,17 +16,18 @@ from foldwise.report import build
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared-report", required=True, help="prepare's report.json")
-    parser.add_argument("--cv", required=True)
+    parser.add_argument("--cv", required=True, help="crossval's full summary JSON")
     parser.add_argument("--cv-folds", required=True)
     parser.add_argument("--train", required=True, help="train's JSON summary")
-    parser.add_argument("--train-history", required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--per-class", required=True)
+    parser.add_argument("--provenance", required=True)
     parser.add_argument("--confusion", required=True)
     parser.add_argument("--out", required=True, help="the Markdown file; figures are linked as figures/<name>")
     args = parser.parse_args()
     read = lambda path: json.loads(Path(path).read_text())  # noqa: E731
     text = build(load_params(), read(args.prepared_report), read(args.cv), pd.read_csv(args.cv_folds),
-                 read(args.train), pd.read_csv(args.train_history), read(args.metrics),
+                 read(args.train), read(args.metrics), read_table(args.per_class), read(args.provenance),
                  read_table(args.confusion))
     write_text(args.out, text)
     print(f"report in {args.out}")

@@ -13,7 +13,7 @@ from foldwise.engine import choose_device
 from foldwise.final import resolve_variant, save_checkpoint, train_final
 from foldwise.loaders import open_split
 from foldwise.live import monitor_from_env
-from foldwise.outputs import remove_outputs, write_csv, write_json
+from foldwise.outputs import write_csv, write_json
 from foldwise.params import load_params
 
 
@@ -21,13 +21,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--stats", required=True)
-    parser.add_argument("--cv", required=True, help="crossval summary JSON (its chosen variant)")
+    parser.add_argument("--cv", required=True, help="crossval's full summary JSON (its chosen variant, and why)")
     parser.add_argument("--model", required=True, help="checkpoint to write (models/model.pt)")
     parser.add_argument("--history", required=True, help="CSV: one row per epoch")
     parser.add_argument("--summary", required=True, help="JSON metrics of the final training")
+    parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
     args = parser.parse_args()
     p = load_params()
-    remove_outputs(args.model, args.history, args.summary)
     variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
     device = choose_device()
@@ -35,7 +35,7 @@ def main() -> None:
     classes = read_classes(args.prepared)
     checkpoints = for_stage("train", p.for_variant(variant).to_dict(), device.type,
                             [Path(args.prepared) / "manifest.csv", args.stats])
-    monitor = monitor_from_env("train", predictions=True)
+    monitor = monitor_from_env("train", predictions=True, live_dir=args.live)
     monitor.start({"stage": "train", "params": p.for_variant(variant).to_dict(), "device": str(device),
                    "classes": classes, "total_epochs": p.for_variant(variant).epochs})
     try:
@@ -43,9 +43,11 @@ def main() -> None:
     finally:
         monitor.close()
     best = result.history[result.best_epoch - 1]
-    write_csv(args.history, pd.DataFrame(result.history).round(6))
-    write_json(args.summary, {"variant": variant, "variant_source": source,
-                              "best_epoch": result.best_epoch, "epochs": len(result.history),
+    Path(args.live).mkdir(parents=True, exist_ok=True)  # a declared output, even if dvclive could not write
+    write_csv(args.history, pd.DataFrame(result.history).drop(columns="seconds").round(6))
+    # keys unlike any param's, so `dvc exp show` needs no file prefix: the variant is in cv.json
+    # (chosen) or params.yaml (pinned), and in evaluate's provenance
+    write_json(args.summary, {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
     # Written last: a model file present means the stage finished.
     save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)

@@ -185,7 +185,7 @@ def test_a_dvc_experiment_streams_into_the_offline_live_view(net, tmp_path):
     assert traces(windows["crossval_lr"]) == runs
     for name in ("crossval_loss", "crossval_accuracy"):
         assert traces(windows[name]) == {f"{r} {s}": 3 for r in runs for s in ("train", "valid")}
-    chosen = json.loads((repo / "reports/train.json").read_text())["variant"]
+    chosen = json.loads((repo / "reports/evaluate/provenance.json").read_text())["variant"]
     assert traces(windows["train_step_loss"]) == {f"final {chosen}": steps_per_run(len(train), 64, 3)}
     assert traces(windows["train_loss"]) == {f"final {chosen} {s}": 3 for s in ("train", "valid")}
     bars = windows["crossval_cv"]["content"]["data"][0]

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from foldwise.outputs import atomic_dir, atomic_file, remove_outputs, write_csv, write_json
+from foldwise.outputs import atomic_dir, atomic_file, write_csv, write_json
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -29,5 +29,3 @@ def test_atomic_file_and_writers(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"accuracy": 0.9}
     write_csv(tmp_path / "h.csv", pd.DataFrame({"epoch": [1, 2]}))
     assert (tmp_path / "h.csv").read_text() == "epoch\n1\n2\n"
-    remove_outputs(tmp_path / "m.json", tmp_path / "h.csv", tmp_path / "never-existed")
-    assert list(tmp_path.iterdir()) == []

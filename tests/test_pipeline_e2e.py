@@ -92,8 +92,10 @@ def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
     manifest = (tmp_path / "data/prepared/manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 1797  # every image in exactly one split
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert metrics["provenance"]["dataset"] == "digits"
-    assert metrics["test"]["accuracy"] > 0.8 and list(metrics["test"]["per_class"]) == list("0123456789")
+    assert json.loads((tmp_path / "reports/evaluate/provenance.json").read_text())["dataset"] == "digits"
+    assert metrics["test"]["accuracy"] > 0.8
+    per_class = (tmp_path / "reports/evaluate/per_class.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in per_class[1:]] == list("0123456789")
 
 
 def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
@@ -139,8 +141,9 @@ def test_repro_runs_the_whole_pipeline(repo):
     assert (repo / "data/prepared/train/T-shirt_top").is_dir()
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
-    assert len(metrics["test"]["per_class"]) == 10
-    assert metrics["provenance"]["dataset"] == "fashion-mnist" and metrics["provenance"]["device"] == "cpu"
+    assert len((repo / "reports/evaluate/per_class.csv").read_text().splitlines()) == 1 + 10
+    provenance = json.loads((repo / "reports/evaluate/provenance.json").read_text())
+    assert provenance["dataset"] == "fashion-mnist" and provenance["device"] == "cpu"
     cv = json.loads((repo / "reports/cv.json").read_text())
     assert set(cv["variants"]) >= {"baseline", "l2", "dropout"} and cv["chosen"] in cv["variants"]
     assert {p.name for p in (repo / "reports/figures").iterdir()} == FIGURES
@@ -165,16 +168,14 @@ def test_second_repro_has_nothing_to_do(repo):
     assert "Data and pipelines are up to date." in out
 
 
-def without_timing(path: Path) -> dict:
-    data = json.loads(path.read_text())
-    data.get("provenance", {}).pop("seconds", None)  # evaluate's wall-clock time, the one thing that varies
-    return data
-
-
-def test_forced_rerun_gives_identical_metrics(repo):
-    before = {m: without_timing(repo / m) for m in METRICS}
-    run(repo, "dvc", "repro", "--force")
-    assert {m: without_timing(repo / m) for m in METRICS} == before
+def test_forced_rerun_changes_no_byte_of_the_results_nor_dvc_lock(repo):
+    """Everything git tracks is a pure function of data, params and code: no wall-clock times."""
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "the small run's results")
+    out = run(repo, "dvc", "repro", "--force").stdout
+    assert ran_stages(out) == ALL_STAGES
+    assert run(repo, "git", "status", "--porcelain").stdout == ""  # dvc.lock, metrics and CSVs unchanged
+    assert "Data and pipelines are up to date." in run(repo, "dvc", "status").stdout
 
 
 def test_exp_run_reruns_only_training_stages_and_compares(repo):
@@ -193,35 +194,35 @@ def test_exp_run_reruns_only_training_stages_and_compares(repo):
 
 
 def test_bad_param_fails_clearly_and_loses_nothing(repo):
-    before = {m: (repo / m).read_bytes() for m in METRICS + ["reports/cv/history.csv"]}
+    """DVC removes a stage's outputs before running it; the previous ones stay in git and DVC's cache,
+    and undoing the change restores them from the run-cache without running anything."""
+    results = METRICS + ["reports/cv/folds.csv", "reports/cv/history.csv", "reports/report.md", "models/model.pt"]
+    before = {m: (repo / m).read_bytes() for m in results}
     set_params(repo / "params.yaml", {"lr": "fast"})
     failed = run(repo, "dvc", "repro", ok=False)
     output = failed.stderr + failed.stdout
     assert failed.returncode != 0
     assert "lr: expected a number, got 'fast'" in output
     assert "Traceback" not in output
-    assert {m: (repo / m).read_bytes() for m in before} == before  # last good results kept
-    assert (repo / "models/model.pt").is_file()
     set_params(repo / "params.yaml", {"lr": "0.02"})
-    assert ran_stages(run(repo, "dvc", "repro").stdout) == set()  # nothing was invalidated
+    back = run(repo, "dvc", "repro").stdout
+    assert ran_stages(back) == set() and "Stage 'crossval' is cached - skipping run" in back
+    assert {m: (repo / m).read_bytes() for m in results} == before
 
 
 def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo):
-    """Kill `dvc repro` (the whole process group) with SIGKILL in the middle of crossval, re-run it:
-    the finished folds are not repeated and the metrics are exactly those of an uninterrupted run."""
+    """Kill `dvc repro` (the whole process group) with SIGKILL in the middle of a crossval with new
+    params: `dvc checkout` brings the previous results back meanwhile, and `dvc repro` resumes from
+    the checkpoints (the finished folds are not repeated) to exactly an uninterrupted run's results."""
     import signal
     import time
 
-    set_params(repo / "params.yaml", {"epochs": "16"})  # long enough to be killed mid-way
-    run(repo, "dvc", "repro", "crossval")
-    reference = {name: (repo / name).read_bytes() for name in ("reports/cv.json", "reports/cv/summary.md")}
-    folds = (repo / "reports/cv/folds.csv").read_text()
+    previous = {name: (repo / name).read_bytes() for name in ("reports/cv/summary.json", "reports/cv/history.csv")}
+    set_params(repo / "params.yaml", {"epochs": "16"})  # new params: not in the run-cache, long enough to kill
     checkpoints = repo / ".foldwise" / "checkpoints" / "crossval"
-    assert not checkpoints.exists()  # a finished stage leaves no checkpoint behind
-
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu"}
-    victim = subprocess.Popen(["dvc", "repro", "--force", "crossval"], cwd=repo, env=env, start_new_session=True,
+    victim = subprocess.Popen(["dvc", "repro", "crossval"], cwd=repo, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("*/run002.pt")):  # the third of six runs has started
@@ -232,9 +233,17 @@ def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo)
     assert victim.wait() == -signal.SIGKILL
     assert not (repo / "reports/cv.json").exists()  # nothing half-written that could pass for a result
 
+    run(repo, "dvc", "checkout", "--force")  # meanwhile: the results dvc.lock describes, from DVC's cache
+    assert {name: (repo / name).read_bytes() for name in previous} == previous
+
     resumed = run(repo, "dvc", "repro", "crossval")
     assert "resuming" in resumed.stderr + resumed.stdout
-    assert {name: (repo / name).read_bytes() for name in reference} == reference
-    strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # all but the seconds column
-    assert strip((repo / "reports/cv/folds.csv").read_text()) == strip(folds)
     assert not checkpoints.exists()
+    outputs = ["reports/cv.json", "reports/cv/folds.csv", "reports/cv/history.csv", "reports/cv/summary.json"]
+    after_resume = {name: (repo / name).read_bytes() for name in outputs}
+    live = sorted((repo / "reports/live/crossval").rglob("*.tsv"))
+    live_after_resume = [path.read_bytes() for path in live]
+    run(repo, "dvc", "repro", "--force", "crossval")  # the same params, uninterrupted
+    assert {name: (repo / name).read_bytes() for name in outputs} == after_resume
+    assert [path.read_bytes() for path in live] == live_after_resume  # dvclive's curves too
+    set_params(repo / "params.yaml", {"epochs": "2"})

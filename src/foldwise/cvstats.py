@@ -21,6 +21,7 @@ from scipy import stats as scipy_stats
 SCORE = "final_valid_acc"
 REFERENCE = "baseline"  # the variant the others are compared with, when it is compared
 ALPHA = 0.05  # significance level the reason mentions
+HEADLINE = ("valid_acc_mean", "valid_acc_std", "p_value")  # per variant, in cv.json (what `dvc exp show` shows)
 
 
 def paired_test(diffs: np.ndarray, k: int) -> tuple[float, float]:
@@ -73,6 +74,16 @@ def summarize(folds: pd.DataFrame) -> dict[str, Any]:
         variants[name] = {key: round(float(v), 6) for key, v in entry.items()} | {"folds": n}
     ranked = sorted(order, key=lambda v: -variants[v]["valid_acc_mean"])  # stable: ties go to params order
     return {"reference": reference, "variants": variants, "chosen": ranked[0]}
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The metric file's view of ``summary``: the choice, and each variant's mean, std and p-value.
+
+    The rest (intervals, differences, epochs) stays in the full summary, so
+    `dvc exp show` keeps a handful of columns per variant.
+    """
+    return {"chosen": summary["chosen"],
+            "variants": {name: {k: v[k] for k in HEADLINE if k in v} for name, v in summary["variants"].items()}}
 
 
 def explain_choice(summary: dict[str, Any]) -> str:

@@ -72,9 +72,3 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Atomically write a DataFrame as CSV without its index."""
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def remove_outputs(*paths: str | Path) -> None:
-    """Delete stale outputs so a failed run cannot leave an old one behind."""
-    for path in paths:
-        _remove(Path(path))

@@ -31,14 +31,6 @@ def non_defaults(p: Params) -> list[tuple[str, Any, Any]]:
             if f.name not in NOT_COMPARED and getattr(p, f.name) != getattr(default, f.name)]
 
 
-def duration(seconds: float) -> str:
-    """1.5 -> "1.5 s", 312 -> "5 min 12 s"."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
 def _value(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return "[" + ", ".join(map(str, v)) + "]"
@@ -60,15 +52,17 @@ def confused_pairs(confusion: pd.DataFrame, count: int = 3) -> list[str]:
 
 
 def build(p: Params, prepared: dict[str, Any], cv: dict[str, Any], folds: pd.DataFrame,
-          train: dict[str, Any], train_history: pd.DataFrame, metrics: dict[str, Any],
+          train: dict[str, Any], metrics: dict[str, Any], per_class: pd.DataFrame, prov: dict[str, Any],
           confusion: pd.DataFrame) -> str:
-    """The report's Markdown. Inputs: params.yaml, prepare's report.json, crossval's cv.json and
-    folds.csv, train's train.json and history.csv, evaluate's metrics.json and confusion.csv."""
-    test, prov = metrics["test"], metrics["provenance"]
+    """The report's Markdown. Inputs: params.yaml, prepare's report.json, crossval's full summary
+    and folds.csv, train's train.json, evaluate's metrics.json, per_class.csv, provenance.json and
+    confusion.csv. No wall-clock times: the report is a pure function of data, params and code
+    (dvc.lock records its hash); the stages print their times."""
+    test = metrics["test"]
     images = prepared["images"]
     shape = "x".join(map(str, prepared["shape"]))
-    variant = train["variant"]
-    how = ("chosen by cross-validation" if train["variant_source"] == "crossval"
+    variant = prov["variant"]
+    how = ("chosen by cross-validation" if p.variant == "auto"
            else f"pinned in params.yaml (`variant: {variant}`)")
     lines = [f"# Run report: {prov['dataset']}, {prov['model']}, variant {variant}", ""]
     lines += _table(["", ""], [
@@ -84,29 +78,22 @@ def build(p: Params, prepared: dict[str, Any], cv: dict[str, Any], folds: pd.Dat
     lines += ["", "## Parameters that differ from the defaults", ""]
     lines += (_table(["key", "value", "default"], [[k, _value(v), _value(d)] for k, v, d in changed]) if changed
               else ["None: every parameter has foldwise's default value."])
-    lines += ["", "## Time per stage", ""]
     runs = folds.groupby(["variant", "fold"]).ngroups
-    lines += _table(["stage", "time", "what"], [
-        ["crossval", duration(folds["seconds"].sum()),
-         f"{runs} trainings ({cv['k_folds']} folds x {folds['variant'].nunique()} variants), "
-         f"{folds['epochs'].sum():g} epochs in all"],
-        ["train", duration(train_history["seconds"].sum()), f"{train['epochs']} epochs of {variant} on train"],
-        ["evaluate", duration(prov.get("seconds", float("nan"))), f"{prov['test_images']:,} test images"],
-    ])
-    lines += ["", f"crossval and train: the training loops only (on {prov['device']}); evaluate: the whole stage.",
-              ""]
+    lines += ["", f"Work done: crossval {runs} trainings ({cv['k_folds']} folds x {folds['variant'].nunique()} "
+              f"variants, {folds['epochs'].sum():g} epochs in all), train {train['epochs_run']} epochs of {variant}, "
+              f"evaluate {prov['test_images']:,} test images. Each stage prints its time.", ""]
     lines += ["## Cross-validation", "", cv_table(cv).rstrip(), ""]
     lines += ["## Final model", "",
-              f"{variant}, trained on the train split for {train['epochs']} epochs; the weights of epoch "
+              f"{variant}, trained on the train split for {train['epochs_run']} epochs; the weights of epoch "
               f"{train['best_epoch']} are kept (validation accuracy {train['valid_acc']:.4f}, "
               f"loss {train['valid_loss']:.4f}).", ""]
-    per_class = test["per_class"]
+    per_class = {row["class"]: row for row in per_class.to_dict("records")}
     worst = min(per_class, key=lambda c: per_class[c]["f1"])
     lines += ["## Test set", "", f"Accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}. "
               f"Weakest class: **{worst}** (F1 {per_class[worst]['f1']:.4f}).", ""]
     lines += _table(["class", "precision", "recall", "F1", "images"], [
         [f"**{c}**" if c == worst else c, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}",
-         f"{s['support']:,}"] for c, s in per_class.items()])
+         f"{int(s['support']):,}"] for c, s in per_class.items()])
     pairs = confused_pairs(confusion)
     if pairs:
         lines += ["", "Most frequent confusions: " + "; ".join(pairs) + "."]
