@@ -71,14 +71,16 @@ def no_op_repro(repo: Path, env: dict[str, str]) -> float:
 
 
 def set_params(params: Path, overrides: list[str]) -> None:
-    """Apply ``key=value`` overrides (YAML values, as ``dvc exp run -S``) to a params.yaml, keeping comments."""
+    """Apply ``key=value`` overrides to a params.yaml with DVC's own parser, exactly as ``dvc exp run -S``."""
+    from dvc.utils.hydra import apply_overrides
+
     text = params.read_text()
     for override in overrides:
-        key, value = override.split("=", 1)
-        text, found = re.subn(rf"^{re.escape(key)}:[^#\n]*", f"{key}: {value}  ", text, flags=re.M)
-        if not found:
+        key = override.split("=", 1)[0]
+        if not re.search(rf"^{re.escape(key)}:", text, flags=re.M):
             raise SystemExit(f"--params: no top-level key {key!r} in {params}")
-    params.write_text(text)
+    if overrides:
+        apply_overrides(str(params), overrides)
 
 
 def run_pipeline(overrides: list[str], save: Path | None = None) -> dict:
@@ -104,6 +106,7 @@ def run_pipeline(overrides: list[str], save: Path | None = None) -> dict:
                 shutil.copy(repo / "reports" / name, save / name)
         return {"total": total, "stages": stages, "noop": noop, "noop_again": again,
                 "metrics": json.loads((repo / "reports/metrics.json").read_text()),
+                "device": json.loads((repo / "reports/evaluate/provenance.json").read_text())["device"],
                 "cv": json.loads((repo / "reports/cv.json").read_text())}
 
 
@@ -118,7 +121,7 @@ def pipeline_markdown(run: dict) -> str:
               f"({min(again):.1f}-{max(again):.1f}) |", ""]
     cv, metrics = run["cv"], run["metrics"]
     means = ", ".join(f"{k} {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f}" for k, v in cv["variants"].items())
-    lines += [f"CV ({cv['k_folds']} folds): {means}; chosen {cv['chosen']}. "
+    lines += [f"CV: {means}; chosen {cv['chosen']}. "
               f"Test accuracy {metrics['test']['accuracy']:.4f}, macro F1 {metrics['test']['macro_f1']:.4f}."]
     return "\n".join(lines)
 
@@ -130,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     run = run_pipeline(args.params, args.save)
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, device {run['metrics']['provenance']['device']}; "
+          f"torch {torch.__version__}, device {run['device']}; "
           f"params overrides: {args.params or 'none'}\n")
     print(pipeline_markdown(run))
 

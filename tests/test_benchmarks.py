@@ -95,3 +95,18 @@ def test_no_op_timing_refuses_a_repro_that_runs_a_stage(tmp_path):
     subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True)
     with pytest.raises(SystemExit, match=r"re-ran \['restless'\]"):
         no_op_repro(tmp_path, env)
+
+
+def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path):
+    """benchmarks/experiments.py on digits: every check in it (clean git after repro and repro -f, the
+    return restored from the run-cache, queued runs restoring the data stages) passes or it exits non-zero."""
+    out = tmp_path / "experiments.md"
+    env = {**dvc_env(), "FOLDWISE_DEVICE": "cpu"}
+    subprocess.run([sys.executable, "benchmarks/experiments.py", "--quick", "--out", str(out)], cwd=ROOT,
+                   env=env, check=True, timeout=1200)
+    text = out.read_text()
+    assert "| back to the committed lr: every training stage restored from the run-cache |" in text
+    assert re.search(r"Return to a previous lr: \*\*[\d.]+%\*\* of that lr's first run", text)
+    assert re.search(r"Queued with two workers vs one after the other: \*\*[\d.]+x\*\*", text)
+    leaves = int(re.search(r"`dvc exp show --json`: (\d+) metric values", text).group(1))
+    assert 0 < leaves <= 20
