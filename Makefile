@@ -22,8 +22,13 @@ export DVC_NO_ANALYTICS := 1
 
 PLOTS_TEMPLATE := .foldwise/plots/offline.html
 
+# dvc status first: per stage, what differs from dvc.lock (in a fresh clone: outputs
+# not in DVC's cache yet), i.e. why it will run; stages it does not list are reused.
 run: $(STAMP) $(PLOTS_TEMPLATE)
+	@echo "== dvc status: what changed since dvc.lock (stages not listed are reused) =="
+	@dvc status
 	dvc repro
+	@echo "== Stages that \"didn't change\" or were \"cached\" were reused, not recomputed. Run them all again: dvc repro -f =="
 
 test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
