@@ -138,6 +138,8 @@ def test_dvclive_files_grow_while_crossval_runs_and_dvc_plots_draws_them(digits)
         time.sleep(0.02)
     out = proc.communicate()[0]
     assert proc.returncode == 0, out
+    if seen and seen[0] == 2 * 3:  # the previous run's file, read before DVC removed the stage's outputs
+        seen.pop(0)
     assert len(seen) >= 3 and seen == sorted(seen), seen  # read mid-run, growing epoch by epoch
     rows = (curve.read_text().splitlines())
     assert rows[0] == "step\tvalid_acc" and len(rows) == 1 + 2 * 30  # 2 folds x 30 epochs, one curve
