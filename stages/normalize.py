@@ -3,10 +3,8 @@
 import argparse
 
 from foldwise.cli import run_stage
-from foldwise.data import split_files
-from foldwise.loaders import uint8_chunks
+from foldwise.loaders import normalisation_stats
 from foldwise.outputs import write_json
-from foldwise.stats import compute_stats
 
 
 def main() -> None:
@@ -14,8 +12,7 @@ def main() -> None:
     parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
     parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
     args = parser.parse_args()
-    files = split_files(args.prepared, "train")
-    stats = compute_stats(uint8_chunks(files))
+    stats = normalisation_stats(args.prepared)
     write_json(args.out, stats)
     print(stats)
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from foldwise.checkpoints import Checkpoints
 from foldwise.data import ImageSet
+from foldwise.engine import Preloaded
 from foldwise.params import Params
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover"]
@@ -98,3 +100,50 @@ def write_zip(path: Path, members: dict[str, bytes]) -> Path:
         for name, data in members.items():
             archive.writestr(name, data)
     return path
+
+
+class RecordingSource(Preloaded):
+    """A real batch source (preloaded tensors) that keeps what it was asked for, so tests can check
+    which images a run trained and validated on: every subset (indices into this source) and every
+    batch it yielded, in order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        super().__init__(x, y)
+        self.subsets: list[tuple[np.ndarray, RecordingSource]] = []
+        self.orders: list[torch.Tensor | None] = []  # one per pass: the order asked for (None: stored order)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # every batch yielded
+
+    def subset(self, idx: np.ndarray) -> "RecordingSource":
+        index = torch.as_tensor(idx, device=self.x.device)
+        child = RecordingSource(self.x[index], None if self.labels is None else self.labels[index])
+        self.subsets.append((np.asarray(idx).copy(), child))
+        return child
+
+    def batches(self, order, size):
+        self.orders.append(None if order is None else order.clone())
+        for x, y in super().batches(order, size):
+            self.seen.append((x.clone(), y.clone()))
+            yield x, y
+
+    @property
+    def trained(self) -> bool:
+        """Was this source shuffled (trained on)? Evaluation reads it in stored order."""
+        return any(order is not None for order in self.orders)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Killed(Checkpoints):
+    """Real checkpoints that stop the run after ``n`` saves, as a kill between epochs would."""
+
+    def __init__(self, *args, n: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n = n
+
+    def save(self, name, state):
+        super().save(name, state)
+        self.n -= 1
+        if self.n == 0:
+            raise Interrupted

@@ -43,3 +43,24 @@ def test_padding_must_fit_the_image():
     check_augment((1, 8, 8), dataclasses.replace(Params(), augment=True, augment_padding=7))
     with pytest.raises(ValueError, match="augment_padding: 8 is too large for 8x8 images; valid: 0 to 7"):
         check_augment((1, 8, 8), dataclasses.replace(Params(), augment=True, augment_padding=8))
+
+
+def test_crops_come_from_their_own_seeded_stream_and_reach_every_offset():
+    """Offsets 0 to 2 x padding in both directions all occur; the same seed gives the same crops
+    whatever the global random state, another seed other crops."""
+    p = dataclasses.replace(Params(), augment=True, augment_padding=2, augment_flip=False)
+    x = torch.arange(400 * 9 * 9, dtype=torch.float32).view(400, 1, 9, 9)
+    torch.manual_seed(0)
+    out = Augmenter(p, seed=5)(x)
+    torch.manual_seed(1)
+    assert torch.equal(out, Augmenter(p, seed=5)(x)) and not torch.equal(out, Augmenter(p, seed=6)(x))
+    from torchvision.transforms.v2 import functional as TF
+
+    padded = TF.pad(x, [2, 2, 2, 2], padding_mode="reflect")
+    offsets = {next((dy, dx) for dy in range(5) for dx in range(5)
+                    if torch.equal(out[i], padded[i, :, dy:dy + 9, dx:dx + 9])) for i in range(400)}
+    assert offsets == {(dy, dx) for dy in range(5) for dx in range(5)}
+
+
+def test_flip_auto_for_a_dataset_it_does_not_know_allows_flips():
+    assert flip_allowed(dataclasses.replace(Params(), dataset="not-a-registered-source"))

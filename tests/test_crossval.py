@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from scipy import stats
-
 from foldwise.checkpoints import Checkpoints
 from foldwise.crossval import make_folds, run_crossval
-from foldwise.cvstats import cv_table, explain_choice, paired_test, summarize
+from foldwise.cvstats import paired_test, summarize
 from foldwise.engine import to_inputs
+from foldwise.models import build_model
 from foldwise.monitor import Monitor
+from tests.conftest import Interrupted, Killed, RecordingSource
 
 
 def test_folds_are_stratified_disjoint_and_seeded():
@@ -34,45 +34,6 @@ def test_too_few_images_per_class_is_explained():
         make_folds(np.array([0, 0, 1, 1, 1, 1, 1, 1]), 5, seed=0)
 
 
-def folds_table(scores: dict[str, list[float]]) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"variant": v, "fold": f, "final_valid_acc": s, "final_valid_loss": 1 - s, "best_valid_acc": s, "epochs": 3}
-        for v, values in scores.items() for f, s in enumerate(values)
-    ])
-
-
-def test_summary_mean_std_ci_and_choice():
-    summary = summarize(folds_table({"baseline": [0.80, 0.82, 0.81], "l2": [0.85, 0.87, 0.83],
-                                     "dropout": [0.70, 0.72, 0.71]}))
-    assert summary["chosen"] == "l2" and summary["reference"] == "baseline"
-    l2 = summary["variants"]["l2"]
-    assert l2["valid_acc_mean"] == pytest.approx(0.85)
-    assert l2["valid_acc_std"] == pytest.approx(0.02, abs=1e-6)
-    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)  # 95% t interval over 3 folds
-    assert (l2["valid_acc_ci_low"], l2["valid_acc_ci_high"]) == pytest.approx((0.85 - half, 0.85 + half), abs=1e-6)
-    assert l2["diff_vs_baseline"] == pytest.approx(0.04) and "p_value" not in summary["variants"]["baseline"]
-    assert list(summary["variants"]) == ["baseline", "l2", "dropout"]
-    reason = explain_choice(summary)
-    assert reason.startswith("l2: highest mean validation accuracy over 3 folds, 0.8500 ± 0.0200")
-    assert "+0.0400 vs baseline, p = " in reason and "next: baseline (0.8100)" in reason
-    table = cv_table({"k_folds": 3, **summary})
-    assert "| l2 **(chosen)** | 0.8500 ± 0.0200 |" in table and f"Chosen: {reason}." in table
-
-
-def test_paired_test_is_the_corrected_resampled_t_test():
-    diffs = np.array([0.01, 0.02, 0.015, 0.005, 0.012])
-    corrected, plain = paired_test(diffs, k=5)
-    assert plain == pytest.approx(stats.ttest_rel(diffs + 0.5, np.full(5, 0.5)).pvalue, rel=1e-6)
-    t = diffs.mean() / np.sqrt((1 / 5 + 1 / 4) * diffs.var(ddof=1))  # Nadeau & Bengio's variance correction
-    assert corrected == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-6)
-    assert corrected > plain  # overlapping training sets: the honest p-value is larger
-    assert paired_test(np.zeros(5), 5) == (1.0, 1.0)
-
-
-def test_ties_go_to_the_first_variant_in_params_order():
-    assert summarize(folds_table({"baseline": [0.8, 0.8], "l2": [0.8, 0.8]}))["chosen"] == "baseline"
-
-
 def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, tiny_stats, tiny_params):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     result = run_crossval((x, tiny_set.labels), 3, tiny_params)
@@ -80,24 +41,89 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     assert list(result.folds.columns) == [
         "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
         "best_epoch", "epochs", "stopped_early"]  # no wall-clock seconds: folds.csv is committed
-    assert len(result.folds) == len(p.variants) * p.k_folds
+    assert [(r.variant, r.fold) for r in result.folds.itertuples()] == [
+        (v, f) for v in p.variants for f in range(p.k_folds)]
     assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
-    assert set(result.summary["variants"]) == set(p.variants)
-    assert result.summary["chosen"] in p.variants and result.summary["k_folds"] == 2
-    # same initial weights and folds: a variant identical to baseline gives identical scores
-    twin = dataclasses.replace(p, variants={"baseline": {}, "twin": {}})
-    again = run_crossval((x, tiny_set.labels), 3, twin)
-    by_variant = again.folds.set_index(["variant", "fold"])["final_valid_acc"]
-    assert list(by_variant["baseline"]) == list(by_variant["twin"])
-    assert list(by_variant["baseline"]) == list(result.folds.set_index(["variant", "fold"]).loc["baseline"]["final_valid_acc"])
+    # each fold row holds the values of its run's history (last epoch: no early stopping here)
+    for row in result.folds.itertuples():
+        runs = result.history[(result.history.variant == row.variant) & (result.history.fold == row.fold)]
+        assert list(runs.epoch) == [1, 2] and row.epochs == 2
+        assert row.final_valid_acc == runs.valid_acc.iloc[-1] and row.final_valid_loss == runs.valid_loss.iloc[-1]
+        assert row.best_valid_acc == runs.valid_acc.max() and row.best_valid_loss == runs.valid_loss.min()
+        assert row.best_epoch == runs.epoch[runs.valid_acc == runs.valid_acc.max()].iloc[0]
+    assert result.summary == {"k_folds": 2, **summarize(result.folds)}
+    for name, stats in result.summary["variants"].items():
+        scores = result.folds[result.folds.variant == name].final_valid_acc
+        assert stats["valid_acc_mean"] == pytest.approx(scores.mean(), abs=1e-6)
+
+
+def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_stats, tiny_params):
+    """Paired runs: same folds, initial weights and batches, so every loss of every epoch is the same
+    (accuracies alone are no proof: on easy data they all reach 1.0)."""
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    twin = dataclasses.replace(tiny_params, variants={"baseline": {}, "twin": {}})
+    history = run_crossval((x, tiny_set.labels), 3, twin).history.drop(columns="seconds")
+    base = history[history.variant == "baseline"].drop(columns="variant").reset_index(drop=True)
+    same = history[history.variant == "twin"].drop(columns="variant").reset_index(drop=True)
+    pd.testing.assert_frame_equal(base, same)
+    assert base.train_loss.nunique() == len(base)  # losses that differ between folds and epochs
+
+
+def test_every_variant_on_a_fold_starts_from_the_same_weights_and_batches_and_validates_on_that_fold(
+        tiny_set, tiny_stats, tiny_params, monkeypatch):
+    """The paired comparison, tensor by tensor: for every fold, each variant's initial weights and the
+    order of its training batches are identical, its training images are the fold's training part and
+    it is validated on exactly the held-out part."""
+    import foldwise.crossval as crossval
+
+    initial = []
+
+    def build_and_record(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        initial.append([t.detach().clone() for t in model.state_dict().values()])
+        return model
+
+    monkeypatch.setattr(crossval, "build_model", build_and_record)
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    source = RecordingSource(x, tiny_set.labels)
+    p = dataclasses.replace(tiny_params, k_folds=3)
+    result = run_crossval(source, 3, p)
+    folds = make_folds(tiny_set.labels.numpy(), 3, p.seed)
+    runs = list(zip(result.folds.itertuples(), initial, zip(source.subsets[::2], source.subsets[1::2]),
+                    strict=True))
+    assert len(runs) == 9
+    first = {}  # fold -> (weights, batch orders) of the first variant
+    for row, weights, ((train_idx, train), (valid_idx, valid)) in runs:
+        assert train.trained and not valid.trained  # shuffled for training; read in order for validation
+        np.testing.assert_array_equal(train_idx, folds[row.fold][0])
+        np.testing.assert_array_equal(valid_idx, folds[row.fold][1])
+        assert torch.equal(valid.labels, tiny_set.labels[folds[row.fold][1]])
+        orders = [o for o in train.orders if o is not None]
+        assert len(orders) == p.epochs
+        if row.fold not in first:
+            first[row.fold] = (weights, orders)
+            continue
+        for a, b in zip(weights, first[row.fold][0], strict=True):
+            assert torch.equal(a, b), f"{row.variant} fold {row.fold} starts from other weights"
+        for a, b in zip(orders, first[row.fold][1], strict=True):
+            assert torch.equal(a, b), f"{row.variant} fold {row.fold} sees other batches"
+    assert not torch.equal(first[0][0][0], first[1][0][0])  # folds differ: the check can tell
 
 
 def test_only_compared_variants_run_and_combinations_merge(tiny_set, tiny_stats, tiny_params):
+    """``l2+dropout`` runs exactly as a variant spelling out both changes would."""
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2+dropout"))
     result = run_crossval((x, tiny_set.labels), 3, p)
     assert list(dict.fromkeys(result.folds["variant"])) == ["baseline", "l2+dropout"]
-    assert "p_value" in result.summary["variants"]["l2+dropout"]
+    spelled = dataclasses.replace(p, variants={**p.variants, "both": {"weight_decay": 0.01, "dropout": 0.3}},
+                                  compare=("baseline", "both"))
+    both = run_crossval((x, tiny_set.labels), 3, spelled)
+    merged = result.history.drop(columns=["seconds", "variant"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged, both.history.drop(columns=["seconds", "variant"]).reset_index(drop=True))
+    assert result.summary["variants"]["l2+dropout"] == both.summary["variants"]["both"]
+    diffs = result.folds.final_valid_acc[2:].to_numpy() - result.folds.final_valid_acc[:2].to_numpy()
+    assert result.summary["variants"]["l2+dropout"]["p_value"] == pytest.approx(paired_test(diffs, 2)[0], abs=1e-6)
 
 
 def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params, capsys):
@@ -109,24 +135,6 @@ def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params
                                                                                    "augment_padding": 12}})
     with pytest.raises(ValueError, match="augment_padding: 12 is too large for 12x12 images; valid: 0 to 11"):
         run_crossval((x, tiny_set.labels), 3, p)
-
-
-class Interrupted(Exception):
-    pass
-
-
-class Killed(Checkpoints):
-    """Real checkpoints that stop the run after ``n`` saves, as a kill between epochs would."""
-
-    def __init__(self, *args, n: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.n = n
-
-    def save(self, name, state):
-        super().save(name, state)
-        self.n -= 1
-        if self.n == 0:
-            raise Interrupted
 
 
 def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params):
@@ -163,43 +171,8 @@ class Recorder(Monitor):
         self.rows.append(row)
 
 
-def test_checkpoints_of_other_experiments_are_never_resumed_nor_touched(tmp_path):
-    """Two queued experiments run side by side: neither may delete the other's resume state."""
-    Checkpoints("crossval", "lr-a", tmp_path).save("run000", {"done": True})
-    other = Checkpoints("crossval", "lr-b", tmp_path)
-    assert other.load("run000") is None
-    other.save("run000", {"done": False})
-    other.clear()  # lr-b finished: only its own key goes
-    assert Checkpoints("crossval", "lr-a", tmp_path).load("run000") == {"done": True}
-    assert not (tmp_path / "crossval" / "lr-b").exists()
-
-
-def test_checkpoints_nobody_wrote_for_a_week_are_pruned(tmp_path):
-    import os
-    import time
-
-    Checkpoints("crossval", "killed", tmp_path).save("run000", {"done": False})
-    Checkpoints("crossval", "running", tmp_path).save("run000", {"done": False})
-    old = time.time() - 8 * 86400
-    for path in (tmp_path / "crossval" / "killed", tmp_path / "crossval" / "killed" / "run000.pt"):
-        os.utime(path, (old, old))
-    Checkpoints("crossval", "new", tmp_path)
-    assert sorted(p.name for p in (tmp_path / "crossval").iterdir()) == ["running"]
-
-
-def test_checkpoints_live_in_the_dvc_project_that_queued_the_run(tmp_path, monkeypatch):
-    """DVC points DVC_ROOT at the parent repository in queued runs (temporary copies): a re-queued
-    experiment finds its checkpoints there."""
-    from foldwise.checkpoints import CHECKPOINT_ENV, default_root
-
-    assert default_root({"DVC_ROOT": str(tmp_path)}) == tmp_path / ".foldwise" / "checkpoints"
-    assert default_root({"DVC_ROOT": str(tmp_path), CHECKPOINT_ENV: "/elsewhere"}) == Path("/elsewhere")
-    assert default_root({}) == Path(".foldwise") / "checkpoints"
-
-
 def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, tiny_stats):
-    from pathlib import Path
-
+    
     from torch import nn
 
     from foldwise.optim import make_optimizer

@@ -63,7 +63,7 @@ def test_files_grow_every_epoch(dvc_project):
 
 def test_resumed_crossval_writes_the_same_files_as_an_uninterrupted_one(dvc_project, tiny_set, tiny_stats,
                                                                          tiny_params):
-    from tests.test_crossval import Interrupted, Killed
+    from tests.conftest import Interrupted, Killed
     from foldwise.checkpoints import Checkpoints
 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))

@@ -1,15 +1,19 @@
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from foldwise.augment import Augmenter
-from foldwise.engine import (Preloaded, choose_device, evaluate, fit, seed_everything, to_inputs,
+import torch.nn.functional as F
+
+from foldwise.engine import (Preloaded, choose_device, evaluate, fit, predict, seed_everything, to_inputs,
                              train_one_epoch)
 from foldwise.optim import Schedule, l1_penalty, make_optimizer
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
+from tests.conftest import RecordingSource
 
 
 def data(tiny_set, tiny_stats):
@@ -25,6 +29,29 @@ def test_choose_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             choose_device("cuda")
+
+
+def test_the_device_comes_from_foldwise_device_when_not_given(monkeypatch):
+    from foldwise.engine import DEVICE_ENV
+
+    monkeypatch.setenv(DEVICE_ENV, " CPU ")
+    assert choose_device() == torch.device("cpu")
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match=r"^FOLDWISE_DEVICE='tpu' is not valid; use auto, cpu, cuda or cuda:N$"):
+        choose_device()
+    assert choose_device("cpu") == torch.device("cpu")  # an argument wins over the variable
+    monkeypatch.delenv(DEVICE_ENV)
+    assert choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")  # auto
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^FOLDWISE_DEVICE=cuda:1 but CUDA is not available; use auto or cpu$"):
+            choose_device("cuda:1")
+
+
+def test_a_subset_keeps_labels_or_their_absence():
+    x, y = torch.arange(10.0).view(5, 2), torch.tensor([0, 1, 2, 3, 4])
+    part = Preloaded(x, y).subset(np.array([3, 1]))
+    assert torch.equal(part.x, x[[3, 1]]) and torch.equal(part.labels, y[[3, 1]])
+    assert Preloaded(x).subset(np.array([0])).labels is None
 
 
 def test_to_inputs_normalises_with_given_stats(tiny_set):
@@ -186,10 +213,103 @@ def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_p
         augmenter = Augmenter(p, 0) if augment else None
         losses[augment] = train_one_epoch(model, source, make_optimizer(model, p), p,
                                           torch.Generator().manual_seed(0), augmenter=augmenter)[0]
-        assert evaluate(model, source) == evaluate(model, source)  # evaluation draws nothing random
         losses[f"eval{augment}"] = evaluate(model, source)[0]
     assert losses[False] == pytest.approx(losses["evalFalse"], rel=1e-5)
     assert abs(losses[True] - losses["evalTrue"]) > 1e-3
+
+
+def sgd_params(tiny_params, **changes):
+    """Plain SGD (no momentum, decay, schedule or warm-up) on a softmax model: updates by hand are easy."""
+    return dataclasses.replace(tiny_params, model="softmax", optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                               l1=0.0, scheduler="none", warmup_epochs=0, **changes)
+
+
+def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained_on(tiny_set, tiny_stats,
+                                                                                   tiny_params):
+    """lr 0 keeps the weights fixed, so the epoch's loss and accuracy must equal those of the fixed model
+    over all 60 images; the batches (16, 16, 16, 12) weigh by their size."""
+    train, _ = data(tiny_set, tiny_stats)
+    p = sgd_params(tiny_params, lr=0.0, batch_size=16)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    source = RecordingSource(*train)
+    loss, acc = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
+    assert [len(y) for _, y in source.seen] == [16, 16, 16, 12]
+    x, y = torch.cat([b[0] for b in source.seen]), torch.cat([b[1] for b in source.seen])
+    assert sorted(y.tolist()) == sorted(train[1].tolist())  # every image once
+    with torch.no_grad():
+        logits = model(x)
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert acc == (logits.argmax(1) == y).sum().item() / 60
+    assert 0.05 < acc < 0.95  # an untrained model: a value the batches' weighting can move
+
+
+def test_two_steps_of_train_one_epoch_equal_two_sgd_updates_by_hand(tiny_set, tiny_stats, tiny_params):
+    """w1 = w0 - lr * grad(batch 1 at w0), w2 = w1 - lr * grad(batch 2 at w1): gradients must not pile up
+    from one batch to the next (zero_grad), and the reported loss is that of the weights each batch met."""
+    train, _ = data(tiny_set, tiny_stats)
+    p = sgd_params(tiny_params, lr=0.5, batch_size=30)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    by_hand = copy.deepcopy(model)
+    source = RecordingSource(*train)
+    loss, acc = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
+    assert len(source.seen) == 2
+    losses, correct = [], 0
+    for x, y in source.seen:
+        logits = by_hand(x)
+        step_loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(step_loss, list(by_hand.parameters()))
+        with torch.no_grad():
+            for weight, grad in zip(by_hand.parameters(), grads):
+                weight -= 0.5 * grad
+        losses.append(step_loss.item())
+        correct += (logits.argmax(1) == y).sum().item()
+    for ours, theirs in zip(model.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(sum(losses) / 2, rel=1e-6) and acc == correct / 60
+    assert losses[1] < losses[0]  # the second batch met the updated weights
+
+
+def dropout_batchnorm_params(tiny_params):
+    """LeNet with dropout and BatchNorm: its output in train mode differs from eval mode."""
+    return dataclasses.replace(tiny_params, model="lenet", batchnorm=True, dropout=0.5)
+
+
+def test_predict_runs_in_eval_mode(tiny_set, tiny_stats, tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    p = dropout_batchnorm_params(tiny_params)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    train_one_epoch(model, train, make_optimizer(model, p), p, torch.Generator().manual_seed(0))  # BN statistics
+    model.train()  # as fit leaves it after an epoch
+    logits = predict(model, valid[0])
+    with torch.no_grad():
+        expected = model.eval()(valid[0])
+        in_train_mode = model.train()(valid[0])
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(in_train_mode, expected, atol=1e-3)  # the check can tell the two apart
+
+
+def test_fit_validates_unaugmented_images_in_eval_mode(tiny_set, tiny_stats, tiny_params):
+    """Every epoch's valid loss and accuracy equal a plain eval-mode pass over the untouched valid
+    images with that epoch's weights (from its checkpoint), even with augmentation, dropout and BN."""
+    train, valid = data(tiny_set, tiny_stats)
+    p = dataclasses.replace(dropout_batchnorm_params(tiny_params), epochs=3, augment=True, augment_padding=3,
+                            augment_flip=True)
+    states = []
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    source = RecordingSource(*valid)
+    result = fit(model, train, source, p, seed=0, checkpoint=lambda s: states.append(copy.deepcopy(s["model"])))
+    assert not source.trained and all(torch.equal(x, valid[0][: len(x)]) for x, _ in source.seen[:1])
+    for row, state in zip(result.history, states, strict=True):
+        check = build_model((1, 12, 12), 3, p)
+        check.load_state_dict(state)
+        with torch.no_grad():
+            logits = check.eval()(valid[0])
+        assert row["valid_loss"] == pytest.approx(F.cross_entropy(logits, valid[1]).item(), rel=1e-5)
+        assert row["valid_acc"] == pytest.approx((logits.argmax(1) == valid[1]).float().mean().item())
 
 
 def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, tiny_stats, tiny_params):

@@ -16,7 +16,7 @@ def split(tiny_set, stats):
 
 def test_resolve_variant(tiny_params):
     from foldwise.cvstats import explain_choice, summarize
-    from tests.test_crossval import folds_table
+    from tests.test_cvstats import folds_table
 
     summary = summarize(folds_table({"baseline": [0.80, 0.82], "l2": [0.85, 0.87]}))
     assert summary["chosen"] == "l2"
@@ -60,7 +60,7 @@ def test_evaluate_rejects_other_classes(tmp_path, tiny_set, tiny_stats, tiny_par
 
 def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set, tiny_stats, tiny_params):
     from foldwise.checkpoints import Checkpoints
-    from tests.test_crossval import Interrupted, Killed
+    from tests.conftest import Interrupted, Killed
 
     train, valid = split(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=3)

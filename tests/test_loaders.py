@@ -8,7 +8,7 @@ import torch
 
 from foldwise.engine import Preloaded, fit, seed_everything
 from foldwise.data import split_files
-from foldwise.loaders import Streamed, default_workers, open_split
+from foldwise.loaders import Streamed, default_workers, normalisation_stats, open_split
 from foldwise.models import build_model
 from foldwise.prepare import prepare
 from tests.conftest import CLASSES, make_images
@@ -78,3 +78,25 @@ def test_workers_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FOLDWISE_WORKERS", "many")
     with pytest.raises(ValueError, match="FOLDWISE_WORKERS='many' is not valid"):
         default_workers()
+
+
+def test_normalisation_statistics_come_from_the_train_split_only(tmp_path):
+    """Test images far brighter than train images: statistics over every split would differ a lot,
+    over train+valid a little; the normalize stage's must equal the train split's to the last bit."""
+    train, test = make_images(60, seed=3), make_images(30, seed=4)
+    test = (255 - test[0] // 4, test[1])  # bright
+    manifest = prepare({"train": train, "test": test}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
+    stats = normalisation_stats(tmp_path)
+    sources = {"train": train[0], "test": test[0]}
+
+    def direct(splits):
+        rows = manifest[manifest.split.isin(splits)]
+        pixels = np.stack([sources[s.split(":")[0]][int(s.split(":")[1])] for s in rows.source]) / 255
+        return pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+
+    mean, std = direct(["train"])
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], std, rtol=1e-9)
+    assert stats["pixels_per_channel"] == 45 * 12 * 12
+    assert abs(stats["mean"][0] - direct(["train", "valid", "test"])[0][0]) > 0.1
+    assert abs(stats["mean"][0] - direct(["train", "valid"])[0][0]) > 1e-4

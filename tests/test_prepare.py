@@ -1,12 +1,28 @@
 import hashlib
+import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from foldwise.prepare import carve_split, class_dirname, prepare, stratified_subset
+from foldwise.prepare import REPORT, SKIPPED, carve_split, class_dirname, prepare, stratified_subset
 from tests.conftest import CLASSES, make_images
+
+
+def assert_every_image_is_its_source(out_dir, manifest, originals, test_sources=None):
+    """Every written image holds exactly the pixels of the source image its row names, and the
+    test split holds only ``test_sources`` (default: any) and no source image is in two splits."""
+    assert manifest.source.is_unique, manifest[manifest.source.duplicated(keep=False)]
+    for row in manifest.itertuples():
+        with Image.open(out_dir / row.path) as im:
+            pixels = np.asarray(im)
+        expected = originals[row.source]
+        np.testing.assert_array_equal(pixels.reshape(expected.shape), expected, err_msg=row.path)
+    if test_sources is not None:
+        assert set(manifest[manifest.split == "test"].source) <= set(test_sources)
+        assert not set(manifest[manifest.split != "test"].source) & set(test_sources)
 
 
 @pytest.fixture
@@ -30,7 +46,8 @@ def test_tree_manifest_and_stratified_split(tmp_path, splits):
     assert json.loads((tmp_path / "classes.json").read_text()) == CLASSES
     row = manifest.iloc[0]
     assert row["path"].startswith(f"{row['split']}/") and CLASSES[row["label"]] == row["class"]
-    assert not set(manifest[manifest.split == "train"].path) & set(manifest[manifest.split == "valid"].path)
+    # every image once, in one split (``path`` starts with the split's name: only ``source`` can tell)
+    assert manifest.source.is_unique and len(manifest) == 150
 
 
 def test_manifest_md5_is_the_pixel_content(tmp_path, splits):
@@ -72,7 +89,8 @@ def test_a_source_without_test_split_gets_one_carved_out(tmp_path, splits):
     manifest = prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path, 0.25, 0, seed=0, test_size=30)
     assert manifest.groupby("split").size().to_dict() == {"test": 30, "train": 67, "valid": 23}
     assert set(manifest[manifest.split == "test"]["label"].value_counts()) == {10}
-    assert manifest.path.is_unique  # each source image lands in exactly one split
+    assert manifest.source.is_unique and len(manifest) == 120  # each source image lands in exactly one split
+    assert_every_image_is_its_source(tmp_path, manifest, {f"train:{i}": im for i, im in enumerate(splits["train"][0])})
 
 
 def test_splits_over_the_pixel_limit_keep_only_their_pngs(tmp_path, splits, monkeypatch):
@@ -84,3 +102,115 @@ def test_splits_over_the_pixel_limit_keep_only_their_pngs(tmp_path, splits, monk
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["test.npy", "valid.npy"]  # train has 90
     train = split_files(tmp_path, "train")
     assert train.pixels is None and decode_all(train).shape == (90, 1, 12, 12)
+
+
+def test_a_sources_own_test_images_stay_test_and_every_image_is_its_source(tmp_path, splits):
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, valid_size=30, max_images_per_split=0, seed=0)
+    originals = {f"train:{i}": im for i, im in enumerate(splits["train"][0])}
+    tests = {f"test:{i}": im for i, im in enumerate(splits["test"][0])}
+    assert_every_image_is_its_source(tmp_path, manifest, {**originals, **tests}, test_sources=tests)
+    assert set(manifest[manifest.split == "test"].source) == set(tests)  # all of them, nothing else
+    labels = {**{f"train:{i}": y for i, y in enumerate(splits["train"][1])},
+              **{f"test:{i}": y for i, y in enumerate(splits["test"][1])}}
+    assert all(labels[row.source] == row.label for row in manifest.itertuples())
+
+
+def grey_pngs(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` distinct 12x12 grey images per class, named ``<class>/<i>.png``."""
+    rng = np.random.default_rng(seed)
+    return {f"{c}/{i}.png": rng.integers(0, 256, (12, 12), dtype=np.uint8) for c in ("ants", "bees") for i in range(n)}
+
+
+@pytest.mark.parametrize("kind", ["folder", "csv", "zip"])
+def test_file_sources_never_put_a_test_image_in_train_or_valid(tmp_path, kind):
+    """Folders, CSV lists and archives have no test split of their own: prepare carves one out, and no
+    file may land in two splits or be written with another file's pixels."""
+    from foldwise.datasets import SOURCES, load_raw
+    from foldwise.download import copy_user_data
+    from tests.conftest import write_zip
+
+    images = grey_pngs(15, seed=4)
+    mine = tmp_path / "mine"
+    for name, pixels in images.items():
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(mine / name)
+    if kind == "csv":
+        (tmp_path / "labels.csv").write_text("path,label\n" + "".join(
+            f"{mine / name},{name.split('/')[0]}\n" for name in images))
+        given = tmp_path / "labels.csv"
+    elif kind == "zip":
+        given = write_zip(tmp_path / "mine.zip", {f"mine/{n}": (mine / n).read_bytes() for n in images})
+    else:
+        given = mine
+    copy_user_data(given, tmp_path / "raw")
+    raw = load_raw(SOURCES["folder"], tmp_path / "raw")
+    files = raw.splits["train"]
+    # the reader's name for each file (the download stage may rename them) -> the pixels it holds
+    originals = {name: np.asarray(Image.open(io.BytesIO(files.tree.read(name)))) for name in files.names}
+    assert sorted(a.tobytes() for a in originals.values()) == sorted(a.tobytes() for a in images.values())
+    names = list(files.names)
+    manifest = prepare(raw, raw.classes, tmp_path / "prepared", 0.2, 0, seed=0, test_size=0.2, channels=1)
+    raw.close()
+    assert manifest.groupby("split").size().to_dict() == {"test": 6, "train": 19, "valid": 5}
+    assert_every_image_is_its_source(tmp_path / "prepared", manifest, originals)
+    assert set(manifest.source) == set(names)
+
+
+def test_subsets_take_every_image_when_asked_for_as_many_and_follow_the_seed():
+    labels = np.arange(100) % 4
+    assert list(stratified_subset(labels, 100, 0)) == list(range(100))
+    assert len(stratified_subset(np.zeros(10, dtype=int), 1, 0)) == 1
+    a, b = stratified_subset(labels, 20, 0), stratified_subset(labels, 20, 1)
+    assert np.array_equal(a, stratified_subset(labels, 20, 0)) and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match=r"^valid_size=100 leaves no training images: the set it is carved from "
+                                         r"has 100; use a smaller count or a fraction such as 0\.2$"):
+        carve_split(labels, 100, 0)
+
+
+def test_files_written_with_the_files_on_disk_matching_the_manifest(tmp_path, splits):
+    from foldwise.data import read_manifest
+
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, valid_size=30, max_images_per_split=0, seed=0)
+    for row in manifest.itertuples():  # <split>/<class folder>/<origin>-<index>.png, origin and index from source
+        origin, index = row.source.split(":")
+        assert row.path == f"{row.split}/{class_dirname(row._3)}/{origin}-{int(index):05d}.png"
+    pd.testing.assert_frame_equal(read_manifest(tmp_path), manifest)
+    assert list(manifest.columns) == ["path", "label", "class", "split", "md5", "source"]
+    assert (tmp_path / "classes.json").read_text() == json.dumps(CLASSES, indent=2) + "\n"
+    assert json.loads((tmp_path / REPORT).read_text()) == {
+        "images": {"test": 30, "train": 90, "valid": 30}, "classes": 3, "shape": [1, 12, 12],
+        "skipped": {"total": 0}, "empty_classes": []}
+    assert (tmp_path / SKIPPED).read_text() == "file,reason\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "classes.json", "manifest.csv", "report.json", "skipped.csv", "test", "test.npy", "train", "train.npy",
+        "valid", "valid.npy"]  # no staging folder left
+
+
+def test_arrays_are_converted_to_the_channels_and_size_asked_for(tmp_path, splits):
+    manifest = prepare(splits, tuple(CLASSES), tmp_path, 30, 0, seed=0, channels=3, image_size=[6, 8])
+    with Image.open(tmp_path / manifest.path.iloc[0]) as im:
+        assert im.mode == "RGB" and im.size == (8, 6)  # image_size is [height, width]
+    assert json.loads((tmp_path / REPORT).read_text())["shape"] == [3, 6, 8]
+    assert np.load(tmp_path / "train.npy").shape == (90, 3, 6, 8)
+
+
+def test_the_default_test_split_is_a_fifth_and_sizes_are_named_in_errors(tmp_path, splits):
+    manifest = prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path / "a", 0.25, 0, seed=0)
+    assert manifest.groupby("split").size().to_dict() == {"test": 24, "train": 72, "valid": 24}
+    with pytest.raises(ValueError, match=r"^test_size=120 leaves no training images"):
+        prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path / "b", 0.25, 0, seed=0, test_size=120)
+    with pytest.raises(ValueError, match=r"^valid_size=120 leaves no training images"):
+        prepare(splits, tuple(CLASSES), tmp_path / "c", 120, 0, seed=0)
+
+
+def test_subsets_per_split_follow_the_seed(tmp_path, splits):
+    a = prepare(splits, tuple(CLASSES), tmp_path / "a", 30, 12, seed=0)
+    b = prepare(splits, tuple(CLASSES), tmp_path / "b", 30, 12, seed=1)
+    assert set(a[a.split == "test"].source) != set(b[b.split == "test"].source)
+
+
+def test_class_names_that_collide_as_folders_are_explained(tmp_path, splits):
+    with pytest.raises(ValueError, match=r"^class names \('a/b', 'a_b', 'c'\) collide as folder names "
+                                         r"\['a_b', 'a_b', 'c'\]$"):
+        prepare(splits, ("a/b", "a_b", "c"), tmp_path, 30, 0, seed=0)
+    assert class_dirname(" .x. ") == "x"

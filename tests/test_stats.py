@@ -40,3 +40,23 @@ def test_streamed_from_prepared_files_equals_the_in_memory_reference(tmp_path, c
     assert ref.shape == (45, 12, 12, channels)
     np.testing.assert_allclose(streamed["mean"], ref.mean(axis=(0, 1, 2)), rtol=1e-12)
     np.testing.assert_allclose(streamed["std"], ref.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
+def test_bad_chunks_are_named():
+    with pytest.raises(ValueError, match=r"^expected uint8 N x C x H x W chunks, got torch.float32 \(2, 1, 3, 3\)$"):
+        compute_stats(iter([torch.zeros(2, 1, 3, 3)]))
+    with pytest.raises(ValueError, match=r"^expected uint8 N x C x H x W chunks, got torch.uint8 \(2, 3, 3\)$"):
+        compute_stats(iter([torch.zeros(2, 3, 3, dtype=torch.uint8)]))
+    with pytest.raises(ValueError, match=r"^chunks mix 1 and 3 channels$"):
+        compute_stats(iter([torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.zeros(2, 3, 3, 3, dtype=torch.uint8)]))
+    for empty in ([], [torch.zeros(0, 1, 3, 3, dtype=torch.uint8)]):
+        with pytest.raises(ValueError, match=r"^no images to compute statistics from$"):
+            compute_stats(iter(empty))
+
+
+def test_one_pixel_and_constant_images():
+    one = compute_stats(torch.full((1, 1, 1, 1), 51, dtype=torch.uint8))
+    assert one == {"mean": [0.2], "std": [0.0], "pixels_per_channel": 1}
+    assert isinstance(one["pixels_per_channel"], int)  # a count, written as such to stats.json
+    flat = compute_stats(torch.full((4, 2, 3, 3), 255, dtype=torch.uint8))
+    assert flat["mean"] == [1.0, 1.0] and flat["std"] == [0.0, 0.0]

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from foldwise.data import PngFiles, decode_all, split_files
 from foldwise.engine import Preloaded, normalise, stats_tensors, to_inputs
+from foldwise.stats import compute_stats
 
 WORKERS_ENV = "FOLDWISE_WORKERS"  # DataLoader worker processes; a machine setting, not a param
 BYTES_PER_VALUE = 4  # preloaded images are float32
@@ -87,3 +88,13 @@ def uint8_chunks(files: PngFiles, pixels: int = 8 << 20, workers: int | None = N
     loader = DataLoader(files, batch_size=chunk, num_workers=default_workers() if workers is None else workers)
     for images, _ in loader:
         yield images
+
+
+def normalisation_stats(prepared_dir: str | Path) -> dict[str, Any]:
+    """Per-channel mean and std of the train split only (normalize stage), streamed from its files.
+
+    Valid and test images must not inform anything the model is trained with, or their scores stop
+    measuring images the pipeline has never seen.
+    """
+    return compute_stats(uint8_chunks(split_files(prepared_dir, "train")))
+

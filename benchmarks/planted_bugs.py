@@ -1,0 +1,143 @@
+"""Plant each bug that matters, one at a time, and check that a unit test catches it.
+
+Each bug is a one-line change to a copy of ``src/`` (the working tree is never touched); the unit
+tests of the module it touches then run against that copy. A bug every test passes is a promise the
+suite does not keep. Writes ``benchmarks/planted_bugs.md``; exits 1 if any bug survives.
+
+    .venv/bin/python -m benchmarks.planted_bugs            # all bugs (about 2 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.planted_bugs --only cv   # the bugs whose name contains "cv"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "benchmarks" / "planted_bugs.md"
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    what: str  # the promise it breaks, in words
+    module: str  # file under src/foldwise/
+    old: str  # exactly one occurrence in the module
+    new: str
+    tests: tuple[str, ...]  # the unit-test files of that module
+
+
+BUGS = (
+    Bug("cv-unpaired-seed", "every variant on fold f starts from a different seed (the comparison is no longer paired)",
+        "crossval.py", "seed = p.seed + fold  #", "seed = p.seed + fold + index  #", ("tests/test_crossval.py",)),
+    Bug("cv-validates-on-train", "crossval validates on the training fold instead of the held-out fold",
+        "crossval.py", "data.subset(train_idx), data.subset(valid_idx)", "data.subset(train_idx), data.subset(train_idx)",
+        ("tests/test_crossval.py",)),
+    Bug("train-acc-last-batch", "train accuracy counted from the last batch only",
+        "engine.py", "correct += (logits.detach().argmax(1) == y).sum()", "correct = (logits.detach().argmax(1) == y).sum()",
+        ("tests/test_engine.py",)),
+    Bug("train-acc-batch-size", "train accuracy inflated by the batch size (each correct image counted once per image "
+        "in its batch)", "engine.py", "correct += (logits.detach().argmax(1) == y).sum()",
+        "correct += (logits.detach().argmax(1) == y).sum() * len(y)", ("tests/test_engine.py",)),
+    Bug("train-loss-unweighted", "train loss averaged over batches, not images (a short last batch weighs as much)",
+        "engine.py", "loss_sum += data_loss.detach() * len(y)", "loss_sum += data_loss.detach() * p.batch_size",
+        ("tests/test_engine.py",)),
+    Bug("no-zero-grad", "optimizer.zero_grad removed: gradients pile up from batch to batch",
+        "engine.py", "optimizer.zero_grad(set_to_none=True)", "pass", ("tests/test_engine.py",)),
+    Bug("fit-augments-valid", "augmentation applied to the validation images inside fit",
+        "engine.py", "evaluate_predictions(model, valid)\n",
+        "evaluate_predictions(model, valid if augmenter is None else Preloaded(augmenter(valid.x), valid.labels))\n",
+        ("tests/test_engine.py",)),
+    Bug("predict-train-mode", "predict leaves dropout and BatchNorm in training mode",
+        "engine.py", "    model.eval()\n    data = as_batches(data)", "    data = as_batches(data)", ("tests/test_engine.py",)),
+    Bug("test-image-leak", "a test image swapped for a training image of the same class",
+        "prepare.py", "md5, image = part.write(i, out_dir / rel)",
+        "md5, image = (train.write(int(np.flatnonzero(train.labels == label)[0]), out_dir / rel) "
+        "if split == 'test' and i == idx[0] else part.write(i, out_dir / rel))", ("tests/test_prepare.py",)),
+    Bug("valid-in-train", "the validation images are also in the training split",
+        "prepare.py", '"train": (train, pool[rest])', '"train": (train, pool)', ("tests/test_prepare.py",)),
+    Bug("stats-all-splits", "normalisation statistics computed over train+valid+test instead of train",
+        "loaders.py", 'compute_stats(uint8_chunks(split_files(prepared_dir, "train")))',
+        'compute_stats(__import__("itertools").chain.from_iterable(uint8_chunks(split_files(prepared_dir, s)) '
+        'for s in ("train", "valid", "test")))', ("tests/test_loaders.py",)),
+    Bug("key-ignores-params", "the checkpoint key ignores the params (a changed run resumes a stale one)",
+        "checkpoints.py", "config = {k: v for k, v in params.items() if k not in UNTRACKED} | {\"device\": device}",
+        "config = {\"device\": device}", ("tests/test_checkpoints.py",)),
+    Bug("key-ignores-code", "the checkpoint key ignores the package's code",
+        "checkpoints.py", '[*map(Path, files), *sorted(PACKAGE.glob("*.py"))]', "map(Path, files)",
+        ("tests/test_checkpoints.py",)),
+)
+
+
+def plant(bug: Bug, src: Path) -> None:
+    """Apply ``bug`` to the copy of the package under ``src``."""
+    path = src / "foldwise" / bug.module
+    text = path.read_text()
+    if text.count(bug.old) != 1:
+        raise SystemExit(f"{bug.name}: {bug.old!r} occurs {text.count(bug.old)} times in {bug.module}, expected once; "
+                         f"update the bug in {Path(__file__).name} to the current code")
+    path.write_text(text.replace(bug.old, bug.new))
+
+
+def run_tests(src: Path, tests: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Run ``tests`` against the package in ``src``; exit code and the failed tests' names."""
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *tests],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    failed = sorted(set(re.findall(r"^FAILED (\S+?)(?: - |$)", done.stdout, re.M)))
+    return done.returncode, failed
+
+
+def check(bug: Bug) -> list[str]:
+    """The tests that fail with ``bug`` planted."""
+    with tempfile.TemporaryDirectory(prefix=f"planted-{bug.name}-") as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        plant(bug, src)
+        code, failed = run_tests(src, bug.tests)
+        if code not in (0, 1):
+            raise SystemExit(f"{bug.name}: pytest exited {code} (not a test failure); run it by hand")
+        return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run the bugs whose name contains this")
+    parser.add_argument("--no-report", action="store_true", help=f"do not rewrite {REPORT.name}")
+    args = parser.parse_args(argv)
+    bugs = [b for b in BUGS if args.only in b.name]
+    if not bugs:
+        raise SystemExit(f"no bug matches {args.only!r}; valid: {', '.join(b.name for b in BUGS)}")
+    code, failed = run_tests(ROOT / "src", tuple(dict.fromkeys(t for b in bugs for t in b.tests)))
+    if code != 0:
+        raise SystemExit(f"the unit tests fail without any bug planted: {failed}; fix them first")
+    rows, survivors, started = [], [], time.perf_counter()
+    for bug in bugs:
+        caught = check(bug)
+        print(f"{bug.name}: {'caught by ' + ', '.join(caught) if caught else 'SURVIVED'}", flush=True)
+        rows.append(f"| `{bug.name}` | {bug.what} | `{bug.module}` | "
+                    f"{'<br>'.join(f'`{t}`' for t in caught) or '**none: survived**'} |")
+        if not caught:
+            survivors.append(bug.name)
+    if not args.no_report and not args.only:
+        REPORT.write_text(
+            "# Planted bugs\n\n"
+            "Each bug below is planted by hand, one at a time, in a copy of `src/`, and the unit tests of the "
+            "module it touches are run against that copy. Regenerate with "
+            "`.venv/bin/python -m benchmarks.planted_bugs`.\n\n"
+            "| bug | the promise it breaks | module | unit tests that fail |\n|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\n{len(bugs) - len(survivors)} of {len(bugs)} caught.\n")
+    print(f"{len(bugs) - len(survivors)} of {len(bugs)} planted bugs caught in {time.perf_counter() - started:.0f} s")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
