@@ -18,7 +18,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Telemetry cannot reach its server offline; don't try.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test visdom system browser clean
+.PHONY: run test visdom system browser mutation clean
 
 PLOTS_TEMPLATE := .foldwise/plots/offline.html
 
@@ -32,6 +32,11 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 
 test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
+
+# Mutation testing of the modules that decide results (about an hour; not in CI): benchmarks/mutation.md
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,mutation]'
+	$(BIN)/python -m benchmarks.mutation
 
 visdom: $(STAMP)
 	$(BIN)/foldwise-visdom

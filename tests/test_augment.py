@@ -64,3 +64,12 @@ def test_crops_come_from_their_own_seeded_stream_and_reach_every_offset():
 
 def test_flip_auto_for_a_dataset_it_does_not_know_allows_flips():
     assert flip_allowed(dataclasses.replace(Params(), dataset="not-a-registered-source"))
+
+
+def test_padding_is_checked_against_the_shorter_side_of_non_square_images():
+    p = dataclasses.replace(Params(), augment=True, augment_padding=7)
+    with pytest.raises(ValueError, match=r"^augment_padding: 7 is too large for 6x10 images; valid: 0 to 5 pixels$"):
+        check_augment((1, 6, 10), p)
+    with pytest.raises(ValueError, match=r"^augment_padding: 7 is too large for 10x6 images; valid: 0 to 5 pixels$"):
+        check_augment((1, 10, 6), p)
+    check_augment((1, 6, 10), dataclasses.replace(p, augment=False))  # not augmenting: any padding

@@ -110,3 +110,12 @@ def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path)
     assert re.search(r"Queued with two workers vs one after the other: \*\*[\d.]+x\*\*", text)
     leaves = int(re.search(r"`dvc exp show --json`: (\d+) metric values", text).group(1))
     assert 0 < leaves <= 20
+
+
+def test_every_planted_bug_is_caught_by_a_unit_test():
+    """The bugs that matter (benchmarks/planted_bugs.py), each planted in a copy of src/: a test that
+    stops biting, or a bug whose line moved, fails here."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.planted_bugs", "--no-report"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "13 of 13 planted bugs caught" in done.stdout

@@ -186,3 +186,21 @@ def test_checkpoints_load_on_the_cpu_and_refuse_pickled_code(tmp_path, capsys):
     store.save("evil", {"object": Code()})
     assert store.load("evil") is None
     assert "ignoring unreadable checkpoint" in capsys.readouterr().err
+
+
+def test_clearing_twice_or_before_any_save_is_harmless(tmp_path):
+    store = Checkpoints("train", "k", tmp_path)
+    store.clear()
+    store.save("final", {"epoch": 1})
+    store.clear()
+    store.clear()
+    assert not (tmp_path / "train").exists()
+
+
+def test_the_key_does_not_depend_on_the_order_params_come_in_and_takes_any_value():
+    from foldwise.checkpoints import fingerprint
+
+    params = Params().to_dict()
+    assert key(dict(reversed(list(params.items())))) == key(params)
+    assert len(key(params)) == 16
+    assert fingerprint({"path": Path("data/raw")}) == fingerprint({"path": "data/raw"})  # str() of the rest

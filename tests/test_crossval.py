@@ -9,7 +9,7 @@ import torch
 from foldwise.checkpoints import Checkpoints
 from foldwise.crossval import make_folds, run_crossval
 from foldwise.cvstats import paired_test, summarize
-from foldwise.engine import to_inputs
+from foldwise.engine import seed_everything, to_inputs
 from foldwise.models import build_model
 from foldwise.monitor import Monitor
 from tests.conftest import Interrupted, Killed, RecordingSource
@@ -26,6 +26,13 @@ def test_folds_are_stratified_disjoint_and_seeded():
         assert set(np.bincount(labels[val])) == {5}
     again = make_folds(labels, 4, seed=0)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+
+
+def test_folds_need_k_images_in_every_class_present():
+    labels = np.array([0, 0, 2, 2, 2])  # class 1 has no image: it does not count
+    assert len(make_folds(labels, 2, seed=0)) == 2
+    with pytest.raises(ValueError, match=r"^k_folds: 2 is larger than the smallest class \(label 1: 1 training "):
+        make_folds(np.array([0, 0, 1, 2, 2]), 2, seed=0)
 
 
 def test_too_few_images_per_class_is_explained():
@@ -57,7 +64,7 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
         assert stats["valid_acc_mean"] == pytest.approx(scores.mean(), abs=1e-6)
 
 
-def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_stats, tiny_params):
+def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_stats, tiny_params, capsys):
     """Paired runs: same folds, initial weights and batches, so every loss of every epoch is the same
     (accuracies alone are no proof: on easy data they all reach 1.0)."""
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
@@ -66,6 +73,8 @@ def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_sta
     base = history[history.variant == "baseline"].drop(columns="variant").reset_index(drop=True)
     same = history[history.variant == "twin"].drop(columns="variant").reset_index(drop=True)
     pd.testing.assert_frame_equal(base, same)
+    err = capsys.readouterr().err  # each run's length and time go to the console, not to the outputs
+    assert all(f"{v} fold {f}: 2 epochs in " in err for v in ("baseline", "twin") for f in (0, 1))
     assert base.train_loss.nunique() == len(base)  # losses that differ between folds and epochs
 
 
@@ -102,6 +111,9 @@ def test_every_variant_on_a_fold_starts_from_the_same_weights_and_batches_and_va
         assert len(orders) == p.epochs
         if row.fold not in first:
             first[row.fold] = (weights, orders)
+            seed_everything(p.seed + row.fold)  # the documented start of fold f: seed + f
+            by_hand = build_model((1, 12, 12), 3, p)
+            assert all(torch.equal(a, b) for a, b in zip(weights, by_hand.state_dict().values(), strict=True))
             continue
         for a, b in zip(weights, first[row.fold][0], strict=True):
             assert torch.equal(a, b), f"{row.variant} fold {row.fold} starts from other weights"
@@ -137,7 +149,7 @@ def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params
         run_crossval((x, tiny_set.labels), 3, p)
 
 
-def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params):
+def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params, capsys):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     # dropout and augmentation draw random numbers: resuming must restore every generator
     p = dataclasses.replace(tiny_params, epochs=3, variants={"baseline": {}, "dropout": {"dropout": 0.3},
@@ -145,8 +157,13 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     whole = run_crossval((x, tiny_set.labels), 3, p)
     with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
         run_crossval((x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
+    capsys.readouterr()
     seen = Recorder()
     resumed = run_crossval((x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    assert "resuming dropout fold 0 after epoch 2\n" in capsys.readouterr().err
+    # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
+    assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold", *(["epoch"] * 3 + ["fold"]) * 3]
+    assert seen.folds == whole.folds.to_dict("records")
     pd.testing.assert_frame_equal(resumed.folds, whole.folds)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
     assert resumed.summary == whole.summary
@@ -160,7 +177,11 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
 
 class Recorder(Monitor):
     def __init__(self):
-        self.kinds, self.rows = [], []
+        self.kinds, self.rows, self.folds = [], [], []
+
+    def _fold_end(self, row):
+        self.kinds.append("fold")
+        self.folds.append(row)
 
     def _resume(self, rows):
         self.kinds.append("resume")

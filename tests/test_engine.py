@@ -329,3 +329,97 @@ def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, ti
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
     for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+class Seen(Monitor):
+    """Keeps every step, epoch row and set of predictions a run reports."""
+
+    wants_steps = wants_predictions = True
+
+    def __init__(self):
+        self.steps, self.rows, self.predictions = [], [], []
+
+    def _step(self, tags, epoch, loss, lr):
+        self.steps.append((tags, epoch, float(loss), lr))
+
+    def _epoch_end(self, row):
+        self.rows.append(row)
+
+    def _predictions(self, tags, labels, predicted):
+        self.predictions.append((tags, labels.clone(), predicted.clone()))
+
+
+def test_monitors_see_every_step_on_an_epoch_axis_and_every_epochs_predictions(tiny_set, tiny_stats, tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=2)
+    seen, states = Seen(), []
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    result = fit(model, train, valid, p, seed=0, monitor=seen, tags={"fold": 1},
+                 checkpoint=lambda s: states.append(copy.deepcopy(s["model"])))
+    assert [(t, e, lr) for t, e, _, lr in seen.steps] == [({"fold": 1}, e / 4, 0.1) for e in range(1, 9)]
+    assert all(0 < loss < 5 for *_, loss, _ in seen.steps)
+    assert seen.rows == result.history
+    assert set(result.history[0]) == {"fold", "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr",
+                                      "seconds"}
+    for epoch, ((tags, labels, predicted), state) in enumerate(zip(seen.predictions, states, strict=True), 1):
+        check = build_model((1, 12, 12), 3, p)
+        check.load_state_dict(state)
+        with torch.no_grad():
+            expected = check(valid[0]).argmax(1)
+        assert tags == {"fold": 1, "epoch": epoch} and torch.equal(labels, valid[1])
+        assert torch.equal(predicted, expected)
+    one_batch = Seen()  # an epoch of a single batch still ends at a whole epoch
+    fit(build_model((1, 12, 12), 3, p), train, valid, dataclasses.replace(p, batch_size=64), seed=0,
+        monitor=one_batch)
+    assert [e for _, e, _, _ in one_batch.steps] == [1.0, 2.0]
+
+
+def test_fit_shuffles_from_its_seed_alone_and_augments_only_when_asked(tiny_set, tiny_stats, tiny_params):
+    """Same seed, same run whatever the global random state; another seed, other batches. Augmentation
+    changes the training batches only when ``augment`` is on."""
+    train, valid = data(tiny_set, tiny_stats)
+
+    def losses(p, seed, global_seed):
+        torch.manual_seed(0)
+        model = build_model((1, 12, 12), 3, p)
+        torch.manual_seed(global_seed)
+        return [r["train_loss"] for r in fit(model, train, valid, p, seed=seed).history]
+
+    p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=2)
+    base = losses(p, 1, 0)
+    assert losses(p, 1, 123) == base and losses(p, 2, 0) != base
+    augmented = dataclasses.replace(p, augment=True, augment_padding=3)
+    assert losses(augmented, 1, 0) != base and losses(augmented, 1, 7) == losses(augmented, 1, 0)
+
+
+def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_bad_epoch(tiny_set, tiny_stats,
+                                                                                         tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=12, lr=2.0, optimizer="sgd", scheduler="none")  # bouncing
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    result = fit(model, train, valid, dataclasses.replace(p, patience=0), seed=0)
+    assert len(result.history) == 12 and not result.restored_best and result.final == result.history[-1]
+    assert evaluate(model, valid)[0] == pytest.approx(result.history[-1]["valid_loss"], rel=1e-5)
+    seed_everything(0)
+    result = fit(build_model((1, 12, 12), 3, p), train, valid, dataclasses.replace(p, patience=1), seed=0)
+    losses = [r["valid_loss"] for r in result.history]
+    assert result.stopped_early and len(losses) == result.best_epoch + 1 < 12
+    assert losses[-1] >= min(losses[:-1])
+
+
+def test_plateau_in_fit_follows_torch_on_the_valid_losses_it_saw(tiny_set, tiny_stats, tiny_params):
+    train, valid = data(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=8, lr=2.0, optimizer="sgd", scheduler="plateau", plateau_patience=0,
+                            gamma=0.5)
+    seed_everything(0)
+    result = fit(build_model((1, 12, 12), 3, p), train, valid, p, seed=0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    replay = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+    expected = []
+    for row in result.history:
+        expected.append(optimizer.param_groups[0]["lr"])
+        replay.step(row["valid_loss"])
+    assert [r["lr"] for r in result.history] == pytest.approx(expected)
+    assert len(set(expected)) > 1  # it did decay

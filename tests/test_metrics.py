@@ -32,6 +32,8 @@ def test_a_class_never_seen_counts_zero_and_values_keep_six_places():
     assert m["per_class"]["b"] == {"precision": 0.666667, "recall": 1.0, "f1": 0.8, "support": 2}
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.666667, "support": 2}
     assert m["macro_f1"] == 0.616667  # four classes: the unseen one counts as 0
+    third = classification_metrics(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert third["per_class"]["a"]["recall"] == 0.333333 and third["per_class"]["b"]["precision"] == 0.333333
 
 
 def test_provenance_is_exactly_what_made_the_result():

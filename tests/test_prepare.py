@@ -207,10 +207,92 @@ def test_subsets_per_split_follow_the_seed(tmp_path, splits):
     a = prepare(splits, tuple(CLASSES), tmp_path / "a", 30, 12, seed=0)
     b = prepare(splits, tuple(CLASSES), tmp_path / "b", 30, 12, seed=1)
     assert set(a[a.split == "test"].source) != set(b[b.split == "test"].source)
+    assert a.equals(prepare(splits, tuple(CLASSES), tmp_path / "a2", 30, 12, seed=0))
+    carved = [prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path / f"c{i}", 0.25, 0, seed=0) for i in (0, 1)]
+    assert carved[0].equals(carved[1])  # the carved test split too
 
 
 def test_class_names_that_collide_as_folders_are_explained(tmp_path, splits):
     with pytest.raises(ValueError, match=r"^class names \('a/b', 'a_b', 'c'\) collide as folder names "
                                          r"\['a_b', 'a_b', 'c'\]$"):
         prepare(splits, ("a/b", "a_b", "c"), tmp_path, 30, 0, seed=0)
-    assert class_dirname(" .x. ") == "x"
+    assert class_dirname(" .x. ") == "x" and class_dirname("X-ray_") == "X-ray"
+
+
+def write_pngs(root, images):
+    for name, pixels in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def read_own_folder(tmp_path, images):
+    from foldwise.datasets import SOURCES, load_raw
+    from foldwise.download import copy_user_data
+
+    copy_user_data(write_pngs(tmp_path / "mine", images), tmp_path / "raw")
+    return load_raw(SOURCES["folder"], tmp_path / "raw")
+
+
+def test_files_are_resized_and_made_rgb_by_default_with_their_md5_in_the_manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {f"{c}/{i}.png": rng.integers(0, 256, (10 + i, 12, 3), dtype=np.uint8) for c in "ab" for i in range(5)}
+    images["a/grey.png"] = rng.integers(0, 256, (9, 9), dtype=np.uint8)
+    raw = read_own_folder(tmp_path, images)
+    manifest = prepare(raw, raw.classes, tmp_path / "prepared", 0.2, 0, seed=0, test_size=0.2, image_size=[8, 6])
+    raw.close()
+    for row in manifest.itertuples():
+        with Image.open(tmp_path / "prepared" / row.path) as im:
+            assert im.mode == "RGB" and im.size == (6, 8)
+            assert hashlib.md5(np.asarray(im).tobytes()).hexdigest() == row.md5
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
+        "classes.json", "manifest.csv", "report.json", "skipped.csv", "test", "train", "valid"]  # staging removed
+    report = json.loads((tmp_path / "prepared" / REPORT).read_text())
+    assert (tmp_path / "prepared" / REPORT).read_text() == json.dumps(report, indent=2) + "\n"
+
+
+def test_files_of_different_sizes_are_named_with_both_sizes(tmp_path):
+    images = {"a/0.png": np.zeros((10, 12), np.uint8), "a/1.png": np.zeros((6, 8), np.uint8),
+              "b/0.png": np.zeros((10, 12), np.uint8)}
+    raw = read_own_folder(tmp_path, images)
+    with pytest.raises(ValueError, match=r"^images differ in size: a/1\.png is 8x6 but a/0\.png is 12x10 "
+                                         r"\(width x height\); set image_size"):
+        prepare(raw, raw.classes, tmp_path / "prepared", 0.2, 0, seed=0, test_size=0.2, channels=1)
+
+
+def test_damaged_archive_members_are_skipped_as_corrupt_and_the_rest_kept(tmp_path):
+    from foldwise.datasets import SOURCES, load_raw
+    from foldwise.download import copy_user_data
+    from tests.conftest import write_zip
+
+    rng = np.random.default_rng(1)
+    members = {}
+    for name in [f"{c}/{i}.png" for c in "ab" for i in range(6)]:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buffer, "PNG")
+        members[name] = buffer.getvalue()
+    archive = write_zip(tmp_path / "mine.zip", members)
+    data = bytearray(archive.read_bytes())
+    start = data.index(members["a/0.png"])
+    data[start + 40] ^= 0xFF  # a/0.png, the first member: its CRC no longer matches
+    archive.write_bytes(bytes(data))
+    copy_user_data(archive, tmp_path / "raw")
+    raw = load_raw(SOURCES["folder"], tmp_path / "raw")
+    manifest = prepare(raw, raw.classes, tmp_path / "prepared", 0.2, 0, seed=0, test_size=0.2, channels=1)
+    raw.close()
+    assert len(manifest) == 11 and "a/0.png" not in set(manifest.source)
+    assert (tmp_path / "prepared" / SKIPPED).read_text() == "file,reason\na/0.png,corrupt\n"
+
+
+def test_only_classes_without_any_image_are_dropped(tmp_path, splits):
+    images, labels = splits["test"]
+    test = (images[:3], np.array([0, 1, 3]))  # class 3 (the last): one image, in the test split only
+    manifest = prepare({"train": splits["train"], "test": test}, (*CLASSES, "Dress", "Coat"), tmp_path, 30, 0, seed=0)
+    assert json.loads((tmp_path / "classes.json").read_text()) == [*CLASSES, "Dress"]
+    assert json.loads((tmp_path / REPORT).read_text())["empty_classes"] == ["Coat"]
+    assert (manifest["class"] == "Dress").sum() == 1
+    with pytest.raises(ValueError, match=r"^only 1 class\(es\) have usable images \(\['T-shirt/top'\]\); a classifier "
+                                         r"needs at least 2\. See the skipped files above, or add images of other "
+                                         r"classes\.$"):
+        prepare({"train": (images, np.zeros(len(images), dtype=np.int64))}, tuple(CLASSES), tmp_path / "one", 3, 0,
+                seed=0)

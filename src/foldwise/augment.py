@@ -26,7 +26,7 @@ def _tf():  # torchvision.transforms.v2.functional
     return functional
 
 
-def _to(draws: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to(draws: torch.Tensor, device: torch.device) -> torch.Tensor:  # pragma: no mutate block (CUDA only)
     """CPU random draws onto ``device``. On CUDA through pinned memory, asynchronously: a copy from
     ordinary (pageable) memory would make the CPU wait, every batch, for all the GPU work queued."""
     if device.type != "cuda":

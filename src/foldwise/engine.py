@@ -42,13 +42,13 @@ def choose_device(value: str | None = None) -> torch.device:
     """
     value = (value if value is not None else os.environ.get(DEVICE_ENV, "auto")).strip().lower()
     if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # pragma: no mutate (CUDA only)
     if value == "cpu":
         return torch.device("cpu")
     if value == "cuda" or value.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"{DEVICE_ENV}={value} but CUDA is not available; use auto or cpu")
-        return torch.device(value)
+        return torch.device(value)  # pragma: no mutate (CUDA only)
     raise ValueError(f"{DEVICE_ENV}={value!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
@@ -102,7 +102,7 @@ class Preloaded:
         return tuple(self.x.shape[1:])
 
     def subset(self, idx: np.ndarray) -> "Preloaded":
-        index = torch.as_tensor(idx, device=self.x.device)
+        index = torch.as_tensor(idx, device=self.x.device)  # pragma: no mutate (device: CUDA only)
         return Preloaded(self.x[index], None if self.labels is None else self.labels[index])
 
     def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, Any]]:
@@ -125,7 +125,7 @@ def as_batches(data: Any) -> Any:
     return data
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:  # pragma: no mutate block (CUDA only)
     """bfloat16 autocast on CUDA GPUs that support it (no loss scaling needed); None = full float32.
 
     ``FOLDWISE_AMP=off`` turns it off. CPUs always train in float32.
@@ -246,12 +246,12 @@ class FitResult:
         return self.history[self.best_epoch - 1] if self.restored_best else self.history[-1]
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:  # pragma: no mutate block (CUDA only: CPU state is tested)
     return {"cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:  # pragma: no mutate block (as _rng_state)
     torch.set_rng_state(state["cpu"])
     if state["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -282,7 +282,7 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
     train, valid = as_batches(train), as_batches(valid)
     device = next(model.parameters()).device
     if _channels_last(model):
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # pragma: no mutate (layout: speed, not results)
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(p, seed) if p.augment else None
     optimizer = make_optimizer(model, p)

@@ -1,0 +1,181 @@
+"""Mutation testing of the modules that decide results, with mutmut, and its score per module.
+
+mutmut (configured in pyproject.toml, ``[tool.mutmut]``) changes one thing at a time in engine,
+crossval, cvstats, prepare, stats, augment, checkpoints and metrics (an operator, a constant, an
+argument) and runs the unit tests that reach that function: a mutant no test notices is a behaviour
+nothing pins. Not in CI: it takes about an hour on 2 cores (mutmut keeps its results in
+``mutants/`` and only re-tests what changed on the next run).
+
+    make mutation                                    # install mutmut, run it, write benchmarks/mutation.md
+    .venv/bin/python -m benchmarks.mutation --report # only summarise the last run
+    .venv/bin/mutmut show <mutant>                   # the diff of one mutant
+
+Lines whose every mutant is equivalent (no behaviour could tell it apart: a cache size, an error
+message's wording is pinned elsewhere, ...) carry ``# pragma: no mutate`` and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "benchmarks" / "mutation.md"
+MUTANTS = ROOT / "mutants" / "src" / "foldwise"
+# mutmut's exit codes (mutmut.stats.status_by_exit_code), grouped
+KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
+STATUS = {1: KILLED, 3: KILLED, 37: KILLED, 0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, 36: TIMEOUT, 24: TIMEOUT,
+          -24: TIMEOUT, 152: TIMEOUT, 255: TIMEOUT}
+
+
+# Mutants that no behaviour can tell apart from the code, matched by module and by the text of the
+# changed line (stable when mutmut renumbers its mutants), each with the reason. Where every mutant
+# of a line is of this kind the line carries ``# pragma: no mutate`` instead.
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("crossval.py", r'"(XXsecondsXX|SECONDS)": time\.perf_counter\(\)|time\.perf_counter\(\) \+ started'):
+        "the seconds saved with a checkpoint only feed the console's run time, never an output",
+    ("checkpoints.py", r"newest <= cutoff"): "modification times equal to the cutoff to the nanosecond",
+    ("checkpoints.py", r"shutil\.rmtree\(other, (ignore_errors=(None|False))?\)"):
+        "a stale key deleted by another process in the same instant: a race no test can time",
+    ("augment.py", r"torch\.randint\(2 \* pad \+ 1, "): "torch.randint(high, size) draws from 0 to high, as (0, high)",
+    ("augment.py", r"torch\.arange\([a-z], (device=None)?\)"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("stats.py", r"chunk: int = \d+"): "sums are exact integers: the chunk size never changes the result (tested)",
+    ("prepare.py", r"carve_split\(train\.labels\[pool\], valid_size, seed, \)"): "the key's default is the value passed",
+    ("prepare.py", r"to_csv\(.*index=None\)"): "pandas reads index=None as False",
+    ("prepare.py", r"pd\.Series\(\[r for _, r in skipped\], (dtype=None)?\)"):
+        "the reasons are strings: the dtype only matters for an empty list, whose counts are empty either way",
+    ("checkpoints.py", r'\{"(XXdeviceXX|DEVICE)": device\}'): "any name for the device entry hashes it all the same",
+    ("checkpoints.py", r"^\+\s+return$"): "return instead of break as the loop's last statement",
+    ("metrics.py", r"zero_division=0\)|labels=labels, \)|average=\"macro\", \)"):
+        "scikit-learn's default zero_division ('warn') also gives 0, with a warning",
+}
+
+
+def equivalent(module: str, diff: str) -> str | None:
+    """The reason ``diff`` (a mutant's changed lines) is equivalent, or None."""
+    import re
+
+    added = "\n".join(line for line in diff.splitlines() if line.startswith("+"))
+    return next((why for (mod, pattern), why in EQUIVALENT.items() if mod == module and re.search(pattern, added, re.M)),
+                None)
+
+
+def modules() -> list[str]:
+    """The modules mutmut mutates (pyproject.toml's only_mutate), as file names."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return [Path(p).name for p in config["only_mutate"]]
+
+
+def results() -> dict[str, dict[str, str]]:
+    """module -> mutant name -> status, from mutmut's result files."""
+    out = {}
+    for name in modules():
+        meta = MUTANTS / f"{name}.meta"
+        if not meta.is_file():
+            raise SystemExit(f"{meta} not found: run `make mutation` (mutmut run) first")
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        out[name] = {key: STATUS.get(code, f"exit {code}") for key, code in codes.items()}
+    return out
+
+
+def score(statuses: dict[str, str]) -> tuple[Counter, float]:
+    """Counts per status; the score is killed / the mutants that are not equivalent."""
+    counts = Counter(statuses.values())
+    total = sum(counts.values()) - counts[EQUIV]
+    return counts, counts[KILLED] / total if total else 1.0
+
+
+@functools.cache
+def _functions(module: str) -> dict[str, str]:
+    """Source of every function in mutmut's copy of ``module`` (originals and mutants side by side)."""
+    import ast
+
+    source = (MUTANTS / f"{module}.py").read_text()
+    lines = source.splitlines()
+    return {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def diff_of(mutant: str) -> str:
+    """The changed lines of ``mutant``: its function as mutmut generated it against the original."""
+    import difflib
+    import re
+
+    module, name = mutant.rsplit(".", 1)
+    functions = _functions(module.split(".")[-1])
+    original, mutated = functions.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", name)), functions.get(name)
+    if original is None or mutated is None:
+        return f"(see: mutmut show {mutant})"
+    mutated = mutated.replace(name, re.sub(r"__mutmut_\d+$", "__mutmut_orig", name), 1)  # the def line too
+    changed = difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
+    return "\n".join(line for line in changed if line[:1] in "+-" and line[:3] not in ("---", "+++"))
+
+
+def write_report(seconds: float | None) -> int:
+    """Write benchmarks/mutation.md from the last run; return the number of mutants left alive."""
+    by_module = results()
+    rows, alive, same = [], [], []
+    totals: Counter = Counter()
+    for name, statuses in by_module.items():
+        for mutant in [m for m, s in statuses.items() if s in (SURVIVED, NO_TESTS)]:
+            diff = diff_of(mutant)
+            why = equivalent(name, diff)
+            if why:
+                statuses[mutant] = EQUIV
+                same.append((mutant, diff, why))
+            else:
+                alive.append((mutant, diff))
+        counts, value = score(statuses)
+        totals.update(counts)
+        rows.append(f"| `{name}` | {sum(counts.values())} | {counts[KILLED]} | {counts[EQUIV]} | {counts[SURVIVED]} | "
+                    f"{counts[NO_TESTS]} | {counts[TIMEOUT]} | {value:.1%} |")
+    total = sum(totals.values())
+    rows.append(f"| **all** | {total} | {totals[KILLED]} | {totals[EQUIV]} | {totals[SURVIVED]} | {totals[NO_TESTS]} | "
+                f"{totals[TIMEOUT]} | {totals[KILLED] / (total - totals[EQUIV]):.1%} |")
+    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; about an hour on 2 cores, not in CI). "
+             "Score: killed / (all mutants - equivalent ones); a mutant no test reaches, or one that timed out, "
+             "counts as alive. Equivalent: listed below with the reason (benchmarks/mutation.py, EQUIVALENT).",
+             "", "| module | mutants | killed | equivalent | survived | no test reaches it | timeout | score |",
+             "|---|---|---|---|---|---|---|---|", *rows, ""]
+    if seconds is not None:
+        lines += [f"Run time: {seconds / 60:.0f} min (`mutmut run`, {os.cpu_count()} CPUs).", ""]
+    lines += [f"## Mutants alive ({len(alive)})", ""]
+    for mutant, diff in alive:
+        lines += [f"- `{mutant}`", "", "```diff", diff, "```", ""]
+    lines += [f"## Equivalent mutants ({len(same)})", ""]
+    for mutant, diff, why in same:
+        lines += [f"- `{mutant}`: {why}", "", "```diff", diff, "```", ""]
+    REPORT.write_text("\n".join(lines))
+    print("\n".join(rows))
+    return len(alive)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", action="store_true", help="only summarise the last run")
+    args = parser.parse_args(argv)
+    seconds = None
+    if not args.report:
+        started = time.perf_counter()
+        # one thread per mutant process: two processes on 2 cores, no oversubscription
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1)],
+                       cwd=ROOT, env=env, check=False)
+        seconds = time.perf_counter() - started
+    alive = write_report(seconds)
+    print(f"{alive} mutants alive (not equivalent); see {REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
