@@ -3,15 +3,17 @@
 mutmut (configured in pyproject.toml, ``[tool.mutmut]``) changes one thing at a time in engine,
 crossval, cvstats, prepare, stats, augment, checkpoints and metrics (an operator, a constant, an
 argument) and runs the unit tests that reach that function: a mutant no test notices is a behaviour
-nothing pins. Not in CI: it takes about an hour on 2 cores (mutmut keeps its results in
-``mutants/`` and only re-tests what changed on the next run).
+nothing pins. Not in CI: it takes about an hour on 2 cores.
 
-    make mutation                                    # install mutmut, run it, write benchmarks/mutation.md
+    make mutation                                    # install mutmut, run it afresh, write benchmarks/mutation.md
+    .venv/bin/python -m benchmarks.mutation --resume # continue an interrupted run
     .venv/bin/python -m benchmarks.mutation --report # only summarise the last run
     .venv/bin/mutmut show <mutant>                   # the diff of one mutant
 
-Lines whose every mutant is equivalent (no behaviour could tell it apart: a cache size, an error
-message's wording is pinned elsewhere, ...) carry ``# pragma: no mutate`` and the reason.
+Every run starts from an empty ``mutants/``: mutmut re-tests a mutant when its function changes,
+but not when a test is added, so a survivor killed by a new test would still read as alive.
+Lines whose every mutant is equivalent (CUDA-only code, memory layout, PNG compression level)
+carry ``# pragma: no mutate`` and the reason; single equivalent mutants are in ``EQUIVALENT``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,10 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "mutation.md"
 MUTANTS = ROOT / "mutants" / "src" / "foldwise"
-# mutmut's exit codes (mutmut.stats.status_by_exit_code), grouped
+# mutmut's statuses (mutmut.stats.status_by_exit_code), plus ours for the equivalent ones
 KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
-STATUS = {1: KILLED, 3: KILLED, 37: KILLED, 0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, 36: TIMEOUT, 24: TIMEOUT,
-          -24: TIMEOUT, 152: TIMEOUT, 255: TIMEOUT}
 
 
 # Mutants that no behaviour can tell apart from the code, matched by module and by the text of the
@@ -78,13 +79,15 @@ def modules() -> list[str]:
 
 def results() -> dict[str, dict[str, str]]:
     """module -> mutant name -> status, from mutmut's result files."""
+    from mutmut.stats import status_by_exit_code
+
     out = {}
     for name in modules():
         meta = MUTANTS / f"{name}.meta"
         if not meta.is_file():
             raise SystemExit(f"{meta} not found: run `make mutation` (mutmut run) first")
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        out[name] = {key: STATUS.get(code, f"exit {code}") for key, code in codes.items()}
+        out[name] = {key: status_by_exit_code[code] for key, code in codes.items()}
     return out
 
 
@@ -147,6 +150,9 @@ def write_report(seconds: float | None) -> int:
              "counts as alive. Equivalent: listed below with the reason (benchmarks/mutation.py, EQUIVALENT).",
              "", "| module | mutants | killed | equivalent | survived | no test reaches it | timeout | score |",
              "|---|---|---|---|---|---|---|---|", *rows, ""]
+    unchecked = total - sum(totals[s] for s in (KILLED, EQUIV, SURVIVED, NO_TESTS, TIMEOUT))
+    if unchecked:  # not checked, suspicious, segfault: the run did not finish or went wrong
+        lines += [f"**Incomplete: {unchecked} mutants have no verdict** ({dict(totals)}); run it again.", ""]
     if seconds is not None:
         lines += [f"Run time: {seconds / 60:.0f} min (`mutmut run`, {os.cpu_count()} CPUs).", ""]
     lines += [f"## Mutants alive ({len(alive)})", ""]
@@ -163,14 +169,19 @@ def write_report(seconds: float | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", action="store_true", help="only summarise the last run")
+    parser.add_argument("--resume", action="store_true", help="continue the last run instead of starting afresh")
     args = parser.parse_args(argv)
     seconds = None
     if not args.report:
+        if not args.resume:
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         started = time.perf_counter()
         # one thread per mutant process: two processes on 2 cores, no oversubscription
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1)],
-                       cwd=ROOT, env=env, check=False)
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1)],
+                              cwd=ROOT, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"mutmut run exited {done.returncode}; nothing summarised (see its output above)")
         seconds = time.perf_counter() - started
     alive = write_report(seconds)
     print(f"{alive} mutants alive (not equivalent); see {REPORT}")

@@ -114,8 +114,8 @@ class RecordingSource(Preloaded):
         self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # every batch yielded
 
     def subset(self, idx: np.ndarray) -> "RecordingSource":
-        index = torch.as_tensor(idx, device=self.x.device)
-        child = RecordingSource(self.x[index], None if self.labels is None else self.labels[index])
+        part = super().subset(idx)
+        child = RecordingSource(part.x, part.labels)
         self.subsets.append((np.asarray(idx).copy(), child))
         return child
 

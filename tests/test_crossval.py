@@ -193,7 +193,6 @@ class Recorder(Monitor):
 
 
 def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, tiny_stats):
-    
     from torch import nn
 
     from foldwise.optim import make_optimizer

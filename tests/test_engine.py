@@ -236,7 +236,8 @@ def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained
     loss, acc = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
     assert [len(y) for _, y in source.seen] == [16, 16, 16, 12]
     x, y = torch.cat([b[0] for b in source.seen]), torch.cat([b[1] for b in source.seen])
-    assert sorted(y.tolist()) == sorted(train[1].tolist())  # every image once
+    order = source.orders[0]
+    assert sorted(order.tolist()) == list(range(60)) and torch.equal(x, train[0][order])  # every image once
     with torch.no_grad():
         logits = model(x)
     assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)

@@ -121,6 +121,21 @@ def grey_pngs(n: int, seed: int) -> dict[str, np.ndarray]:
     return {f"{c}/{i}.png": rng.integers(0, 256, (12, 12), dtype=np.uint8) for c in ("ants", "bees") for i in range(n)}
 
 
+def write_pngs(root, images):
+    for name, pixels in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def read_own_folder(tmp_path, images):
+    from foldwise.datasets import SOURCES, load_raw
+    from foldwise.download import copy_user_data
+
+    copy_user_data(write_pngs(tmp_path / "mine", images), tmp_path / "raw")
+    return load_raw(SOURCES["folder"], tmp_path / "raw")
+
+
 @pytest.mark.parametrize("kind", ["folder", "csv", "zip"])
 def test_file_sources_never_put_a_test_image_in_train_or_valid(tmp_path, kind):
     """Folders, CSV lists and archives have no test split of their own: prepare carves one out, and no
@@ -130,10 +145,7 @@ def test_file_sources_never_put_a_test_image_in_train_or_valid(tmp_path, kind):
     from tests.conftest import write_zip
 
     images = grey_pngs(15, seed=4)
-    mine = tmp_path / "mine"
-    for name, pixels in images.items():
-        (mine / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(mine / name)
+    mine = write_pngs(tmp_path / "mine", images)
     if kind == "csv":
         (tmp_path / "labels.csv").write_text("path,label\n" + "".join(
             f"{mine / name},{name.split('/')[0]}\n" for name in images))
@@ -146,7 +158,10 @@ def test_file_sources_never_put_a_test_image_in_train_or_valid(tmp_path, kind):
     raw = load_raw(SOURCES["folder"], tmp_path / "raw")
     files = raw.splits["train"]
     # the reader's name for each file (the download stage may rename them) -> the pixels it holds
-    originals = {name: np.asarray(Image.open(io.BytesIO(files.tree.read(name)))) for name in files.names}
+    originals = {}
+    for name in files.names:
+        with Image.open(io.BytesIO(files.tree.read(name))) as im:
+            originals[name] = np.asarray(im)
     assert sorted(a.tobytes() for a in originals.values()) == sorted(a.tobytes() for a in images.values())
     names = list(files.names)
     manifest = prepare(raw, raw.classes, tmp_path / "prepared", 0.2, 0, seed=0, test_size=0.2, channels=1)
@@ -171,9 +186,10 @@ def test_files_written_with_the_files_on_disk_matching_the_manifest(tmp_path, sp
     from foldwise.data import read_manifest
 
     manifest = prepare(splits, tuple(CLASSES), tmp_path, valid_size=30, max_images_per_split=0, seed=0)
-    for row in manifest.itertuples():  # <split>/<class folder>/<origin>-<index>.png, origin and index from source
-        origin, index = row.source.split(":")
-        assert row.path == f"{row.split}/{class_dirname(row._3)}/{origin}-{int(index):05d}.png"
+    # <split>/<class folder>/<origin>-<index>.png, origin and index from source
+    for path, split, name, source in zip(manifest.path, manifest.split, manifest["class"], manifest.source):
+        origin, index = source.split(":")
+        assert path == f"{split}/{class_dirname(name)}/{origin}-{int(index):05d}.png"
     pd.testing.assert_frame_equal(read_manifest(tmp_path), manifest)
     assert list(manifest.columns) == ["path", "label", "class", "split", "md5", "source"]
     assert (tmp_path / "classes.json").read_text() == json.dumps(CLASSES, indent=2) + "\n"
@@ -217,21 +233,6 @@ def test_class_names_that_collide_as_folders_are_explained(tmp_path, splits):
                                          r"\['a_b', 'a_b', 'c'\]$"):
         prepare(splits, ("a/b", "a_b", "c"), tmp_path, 30, 0, seed=0)
     assert class_dirname(" .x. ") == "x" and class_dirname("X-ray_") == "X-ray"
-
-
-def write_pngs(root, images):
-    for name, pixels in images.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(root / name)
-    return root
-
-
-def read_own_folder(tmp_path, images):
-    from foldwise.datasets import SOURCES, load_raw
-    from foldwise.download import copy_user_data
-
-    copy_user_data(write_pngs(tmp_path / "mine", images), tmp_path / "raw")
-    return load_raw(SOURCES["folder"], tmp_path / "raw")
 
 
 def test_files_are_resized_and_made_rgb_by_default_with_their_md5_in_the_manifest(tmp_path):
@@ -285,8 +286,8 @@ def test_damaged_archive_members_are_skipped_as_corrupt_and_the_rest_kept(tmp_pa
 
 
 def test_only_classes_without_any_image_are_dropped(tmp_path, splits):
-    images, labels = splits["test"]
-    test = (images[:3], np.array([0, 1, 3]))  # class 3 (the last): one image, in the test split only
+    images = splits["test"][0]
+    test = (images[:3], np.array([0, 1, 3]))  # Dress (3): one image, in the test split only; Coat (4, the last): none
     manifest = prepare({"train": splits["train"], "test": test}, (*CLASSES, "Dress", "Coat"), tmp_path, 30, 0, seed=0)
     assert json.loads((tmp_path / "classes.json").read_text()) == [*CLASSES, "Dress"]
     assert json.loads((tmp_path / REPORT).read_text())["empty_classes"] == ["Coat"]
