@@ -92,7 +92,7 @@ class Checkpoints:
             return None
         try:
             return torch.load(path, weights_only=True,
-                              map_location="cpu")  # pragma: no mutate (CPU-saved tensors load on the CPU anyway)
+                              map_location="cpu")  # pragma: no mutate (only a CUDA-saved checkpoint tells: GPU)
         except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint only costs a re-run
             print(f"warning: ignoring unreadable checkpoint {path}: {exc}", file=sys.stderr)
             return None

@@ -97,4 +97,3 @@ def normalisation_stats(prepared_dir: str | Path) -> dict[str, Any]:
     measuring images the pipeline has never seen.
     """
     return compute_stats(uint8_chunks(split_files(prepared_dir, "train")))
-
