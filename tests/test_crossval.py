@@ -160,7 +160,8 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     capsys.readouterr()
     seen = Recorder()
     resumed = run_crossval((x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
-    assert "resuming dropout fold 0 after epoch 2\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming dropout fold 0 after epoch 2\n" in err and err.count("resuming") == 1  # finished runs: done
     # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
     assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold", *(["epoch"] * 3 + ["fold"]) * 3]
     assert seen.folds == whole.folds.to_dict("records")

@@ -1,9 +1,13 @@
 import copy
 import dataclasses
+import math
+import random
+import time
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from foldwise.augment import Augmenter
 import torch.nn.functional as F
@@ -58,8 +62,44 @@ def test_to_inputs_normalises_with_given_stats(tiny_set):
     x = to_inputs(tiny_set.images, {"mean": [0.5], "std": [0.25]}, torch.device("cpu"))
     expected = (tiny_set.images.float() / 255 - 0.5) / 0.25
     assert torch.allclose(x, expected)
-    with pytest.raises(ValueError, match="stats have 3 channels, images have 1"):
+    with pytest.raises(ValueError, match=r"^stats have 3 channels, images have 1$"):  # 12 would be the height
         to_inputs(tiny_set.images, {"mean": [0, 0, 0], "std": [1, 1, 1]}, torch.device("cpu"))
+
+
+def test_to_inputs_normalises_each_channel_with_its_own_stats_in_float32():
+    """Three channels of 5 x 6 images: a stats shape that broadcasts along the wrong axis fails or mixes
+    channels up. Stats as float64 arrays (as NumPy computes them) still give float32 inputs."""
+    images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.3, 0.4])
+    x = to_inputs(images, {"mean": mean, "std": std}, torch.device("cpu"))
+    assert x.dtype == torch.float32 and x.shape == images.shape
+    for c in range(3):
+        assert torch.allclose(x[:, c].double(), (images[:, c].double() / 255 - mean[c]) / std[c], atol=1e-5)
+
+
+def test_seed_everything_repeats_pythons_numpys_and_torchs_global_draws_and_asks_for_deterministic_cudnn(
+        monkeypatch):
+    """Code added to a pipeline may draw from any global generator. NumPy takes seeds below 2**32, so a
+    larger seed wraps round."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seed = 2**32 + 5
+    seed_everything(seed)
+    draws = random.random(), np.random.random(), torch.rand(1).item()
+    assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
+    assert draws == (random.Random(seed).random(), np.random.RandomState(5).random_sample(),
+                     torch.rand(1, generator=torch.Generator().manual_seed(seed)).item())
+    seed_everything(7)
+    assert np.random.random() == np.random.RandomState(7).random_sample()
+
+
+def test_batches_in_stored_order_are_consecutive_slices_of_the_given_size():
+    """``predict``'s path (order None) in batches of 4 over 10 images: 0-3, 4-7, 8-9, each once."""
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    got = list(Preloaded(x, y).batches(None, 4))
+    assert [b.flatten().tolist() for b, _ in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [t.tolist() for _, t in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert got[0][0].data_ptr() == x.data_ptr()  # a view, not a copy
 
 
 def test_fit_learns_and_is_deterministic(tiny_set, tiny_stats, tiny_params):
@@ -69,7 +109,10 @@ def test_fit_learns_and_is_deterministic(tiny_set, tiny_stats, tiny_params):
     for _ in range(2):
         seed_everything(1)
         model = build_model((1, 12, 12), 3, p)
+        started = time.perf_counter()
         runs.append(fit(model, train, valid, p, seed=1, tags={"fold": 0}))
+        elapsed = time.perf_counter() - started
+        assert 0 < sum(r["seconds"] for r in runs[-1].history) <= elapsed  # each epoch's own wall time
     a, b = runs
     assert [r["valid_acc"] for r in a.history] == [r["valid_acc"] for r in b.history]
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
@@ -245,6 +288,22 @@ def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained
     assert 0.05 < acc < 0.95  # an untrained model: a value the batches' weighting can move
 
 
+@pytest.mark.parametrize("n, sizes", [(33, [16, 16]), (32, [16, 16]), (17, [16]), (16, [16]), (1, [1])])
+def test_only_a_trailing_batch_of_one_image_is_dropped(tiny_params, n, sizes):
+    """BatchNorm cannot train on one image, so 2 x 16 + 1 images train on 32 (in shuffled order); every
+    other count trains whole, and a set of a single image (a model without BatchNorm) keeps it."""
+    p = sgd_params(tiny_params, lr=0.01, batch_size=16)
+    torch.manual_seed(0)
+    hidden = [nn.Linear(144, 8), nn.BatchNorm1d(8), nn.ReLU()] if n > 1 else []
+    model = nn.Sequential(nn.Flatten(), *hidden, nn.Linear(8 if hidden else 144, 3))
+    source = RecordingSource(torch.randn(n, 1, 12, 12, generator=torch.Generator().manual_seed(1)), torch.arange(n) % 3)
+    loss, _ = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
+    assert [len(y) for _, y in source.seen] == sizes and math.isfinite(loss)
+    assert len(set(source.orders[0].tolist())) == sum(sizes)
+    if n > 1:
+        assert source.orders[0].tolist() != sorted(source.orders[0].tolist())  # still shuffled
+
+
 def test_two_steps_of_train_one_epoch_equal_two_sgd_updates_by_hand(tiny_set, tiny_stats, tiny_params):
     """w1 = w0 - lr * grad(batch 1 at w0), w2 = w1 - lr * grad(batch 2 at w1): gradients must not pile up
     from one batch to the next (zero_grad), and the reported loss is that of the weights each batch met."""
@@ -390,6 +449,8 @@ def test_fit_shuffles_from_its_seed_alone_and_augments_only_when_asked(tiny_set,
     p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=2)
     base = losses(p, 1, 0)
     assert losses(p, 1, 123) == base and losses(p, 2, 0) != base
+    # augment off: its settings (padding 2, flips where the dataset allows them) change nothing
+    assert losses(dataclasses.replace(p, augment_padding=0, augment_flip=False), 1, 0) == base
     augmented = dataclasses.replace(p, augment=True, augment_padding=3)
     assert losses(augmented, 1, 0) != base and losses(augmented, 1, 7) == losses(augmented, 1, 0)
 
@@ -408,6 +469,19 @@ def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_b
     losses = [r["valid_loss"] for r in result.history]
     assert result.stopped_early and len(losses) == result.best_epoch + 1 < 12
     assert losses[-1] >= min(losses[:-1])
+
+
+@pytest.mark.parametrize("epochs, ran, stopped", [(5, 3, True), (3, 3, False)])
+def test_a_valid_loss_that_only_ties_is_no_improvement(tiny_params, epochs, ran, stopped):
+    """A model whose inputs are all zero has the same valid loss (log 3) every epoch: the first epoch stays
+    the best, patience 2 runs out after epoch 3, and running out on the last epoch is no early stop."""
+    p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=epochs, patience=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 3, bias=False))
+    zeros = (torch.zeros(20, 1, 12, 12), torch.arange(20) % 3)
+    result = fit(model, zeros, zeros, p, seed=0)
+    assert [r["valid_loss"] for r in result.history] == pytest.approx([math.log(3)] * ran)
+    assert result.best_epoch == 1 and result.bad_epochs == 2 and result.stopped_early is stopped
 
 
 def test_plateau_in_fit_follows_torch_on_the_valid_losses_it_saw(tiny_set, tiny_stats, tiny_params):
