@@ -33,7 +33,7 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
 
-# Mutation testing of the modules that decide results (about half an hour; not in CI): benchmarks/mutation.md
+# Mutation testing of the modules that decide results (25 to 50 minutes; not in CI): benchmarks/mutation.md
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,mutation]'
 	$(BIN)/python -m benchmarks.mutation

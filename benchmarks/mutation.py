@@ -3,7 +3,7 @@
 mutmut (configured in pyproject.toml, ``[tool.mutmut]``) changes one thing at a time in engine,
 crossval, cvstats, prepare, stats, augment, checkpoints and metrics (an operator, a constant, an
 argument) and runs the unit tests that reach that function: a mutant no test notices is a behaviour
-nothing pins. Not in CI: it takes about half an hour on 2 cores (the run time is in its report).
+nothing pins. Not in CI: it takes 25 to 50 minutes on 2 cores (the run time is in its report).
 
     make mutation                                    # install mutmut, run it afresh, write benchmarks/mutation.md
     .venv/bin/python -m benchmarks.mutation --resume # continue an interrupted run
@@ -165,7 +165,7 @@ def write_report(seconds: float | None) -> int:
     total = sum(totals.values())
     rows.append(f"| **all** | {total} | {totals[KILLED]} | {totals[EQUIV]} | {totals[SURVIVED]} | {totals[NO_TESTS]} | "
                 f"{totals[TIMEOUT]} | {totals[KILLED] / (total - totals[EQUIV]):.1%} |")
-    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; about half an hour on 2 cores, not in CI). "
+    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; 25 to 50 minutes on 2 cores, not in CI). "
              "Score: killed / (all mutants - equivalent ones); a mutant no test reaches, or one that timed out, "
              "counts as alive. Equivalent: listed below with the reason (benchmarks/mutation.py, EQUIVALENT).",
              "", "| module | mutants | killed | equivalent | survived | no test reaches it | timeout | score |",
