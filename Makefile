@@ -1,5 +1,6 @@
 # make run    - install everything the project needs, then run the whole pipeline
 # make test   - install everything (and Chromium, for the browser tests), then run the test suite
+# make quick  - the unit tests alone (no dvc, Visdom or browser runs): the contributor's loop
 # make visdom - start the live view on http://127.0.0.1:8097 (offline; see README)
 # Both create (or reuse) the virtual environment .venv/ in the repo.
 
@@ -18,7 +19,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Telemetry cannot reach its server offline; don't try.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test visdom system browser mutation clean
+.PHONY: run test quick visdom system browser mutation clean
 
 PLOTS_TEMPLATE := .foldwise/plots/offline.html
 
@@ -32,6 +33,10 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 
 test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
+
+# tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
+quick: $(STAMP)
+	$(BIN)/pytest -q -m "not e2e and not slow"
 
 # Mutation testing of the modules that decide results (25 to 50 minutes; not in CI): benchmarks/mutation.md
 mutation: $(STAMP)
@@ -74,9 +79,9 @@ $(STAMP): pyproject.toml constraints.txt | system
 
 # `dvc plots show/diff` pages that need no network: .dvc/config points at this
 # template, which inlines pinned vega, vega-lite and vega-embed from npm.
-$(PLOTS_TEMPLATE): src/foldwise/plots_html.py | $(STAMP)
+$(PLOTS_TEMPLATE): src/foldwise/reporting/plots_html.py | $(STAMP)
 	rm -f $@
-	$(BIN)/python -m foldwise.plots_html
+	$(BIN)/python -m foldwise.reporting.plots_html
 
 clean:
 	rm -rf $(VENV)

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def ingest(photos: int) -> dict:
     from PIL import Image
 
-    from foldwise.datasets import SOURCES, load_raw
-    from foldwise.download import copy_user_data
-    from foldwise.prepare import REPORT, prepare
+    from foldwise.data.download import copy_user_data
+    from foldwise.data.prepare import REPORT, prepare
+    from foldwise.data.sources import SOURCES, load_raw
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,13 +64,13 @@ def ingest(photos: int) -> dict:
 def one_epoch(prepared: str, budget_mb: int, workers: int) -> dict:
     import torch
 
-    from foldwise.engine import train_one_epoch
-    from foldwise.optim import make_optimizer
-    from foldwise.data import read_classes, split_files
-    from foldwise.loaders import open_split, uint8_chunks
-    from foldwise.models import build_model
-    from foldwise.params import load_params
-    from foldwise.stats import compute_stats
+    from foldwise.core.params import load_params
+    from foldwise.data.batches import open_split, uint8_chunks
+    from foldwise.data.layout import read_classes, split_files
+    from foldwise.data.normalize import compute_stats
+    from foldwise.training.engine import train_one_epoch
+    from foldwise.training.models import build_model
+    from foldwise.training.optim import make_optimizer
 
     torch.set_num_threads(2)
     p = load_params(ROOT / "params.yaml")

@@ -94,12 +94,12 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=0.25, help="seconds between per-step points")
     args = parser.parse_args()
 
-    from foldwise.engine import fit, seed_everything
-    from foldwise.visdom_monitor import VisdomMonitor
-    from foldwise.loaders import open_split
-    from foldwise.models import build_model
-    from foldwise.monitor import ConsoleMonitor, Monitors
-    from foldwise.params import load_params
+    from foldwise.core.params import load_params
+    from foldwise.data.batches import open_split
+    from foldwise.live.visdom_monitor import VisdomMonitor
+    from foldwise.training.engine import fit, seed_everything
+    from foldwise.training.models import build_model
+    from foldwise.training.monitor import ConsoleMonitor, Monitors
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml"), epochs=args.epochs)
     stats = json.loads((Path(args.prepared).parent / "stats.json").read_text())

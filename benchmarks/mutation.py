@@ -36,46 +36,46 @@ MUTANTS = ROOT / "mutants" / "src" / "foldwise"
 KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
 
 
-# Mutants that no behaviour can tell apart from the code, matched by module and by the text of the
-# changed line (stable when mutmut renumbers its mutants), each with the reason. Where every mutant
-# of a line is of this kind the line carries ``# pragma: no mutate`` instead.
+# Mutants that no behaviour can tell apart from the code, matched by module (a regex of its path in the
+# package) and by the text of the changed line (stable when mutmut renumbers its mutants), each with the
+# reason. Where every mutant of a line is of this kind the line carries ``# pragma: no mutate`` instead.
 EQUIVALENT: dict[tuple[str, str], str] = {
-    ("crossval.py", r'"(XXsecondsXX|SECONDS)": time\.perf_counter\(\)|time\.perf_counter\(\) \+ started'):
+    ("training/crossval.py", r'"(XXsecondsXX|SECONDS)": time\.perf_counter\(\)|time\.perf_counter\(\) \+ started'):
         "the seconds saved with a checkpoint only feed the console's run time, never an output",
-    ("checkpoints.py", r"newest <= cutoff"): "modification times equal to the cutoff to the nanosecond",
-    ("checkpoints.py", r"shutil\.rmtree\(other, (ignore_errors=(None|False))?\)"):
+    ("training/resume.py", r"newest <= cutoff"): "modification times equal to the cutoff to the nanosecond",
+    ("training/resume.py", r"shutil\.rmtree\(other, (ignore_errors=(None|False))?\)"):
         "a stale key deleted by another process in the same instant: a race no test can time",
-    ("augment.py", r"torch\.randint\(2 \* pad \+ 1, "): "torch.randint(high, size) draws from 0 to high, as (0, high)",
-    ("augment.py", r"torch\.arange\([a-z], (device=None)?\)"):
+    ("training/augment.py", r"torch\.randint\(2 \* pad \+ 1, "): "torch.randint(high, size) draws from 0 to high, as (0, high)",
+    ("training/augment.py", r"torch\.arange\([a-z], (device=None)?\)"):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
-    ("stats.py", r"chunk: int = \d+"): "sums are exact integers: the chunk size never changes the result (tested)",
-    ("prepare.py", r"carve_split\(train\.labels\[pool\], valid_size, seed, \)"): "the key's default is the value passed",
-    ("prepare.py", r"to_csv\(.*index=None\)"): "pandas reads index=None as False",
-    ("prepare.py", r"pd\.Series\(\[r for _, r in skipped\], (dtype=None)?\)"):
+    ("data/normalize.py", r"chunk: int = \d+"): "sums are exact integers: the chunk size never changes the result (tested)",
+    ("data/prepare.py", r"carve_split\(train\.labels\[pool\], valid_size, seed, \)"): "the key's default is the value passed",
+    ("data/prepare.py", r"to_csv\(.*index=None\)"): "pandas reads index=None as False",
+    ("data/prepare.py", r"pd\.Series\(\[r for _, r in skipped\], (dtype=None)?\)"):
         "the reasons are strings: the dtype only matters for an empty list, whose counts are empty either way",
-    ("checkpoints.py", r'\{"(XXdeviceXX|DEVICE)": device\}'): "any name for the device entry hashes it all the same",
-    ("checkpoints.py", r"^\+\s+return$"): "return instead of break as the loop's last statement",
-    ("metrics.py", r"zero_division=0\)|labels=labels, \)|average=\"macro\", \)"):
+    ("training/resume.py", r'\{"(XXdeviceXX|DEVICE)": device\}'): "any name for the device entry hashes it all the same",
+    ("training/resume.py", r"^\+\s+return$"): "return instead of break as the loop's last statement",
+    ("reporting/metrics.py", r"zero_division=0\)|labels=labels, \)|average=\"macro\", \)"):
         "scikit-learn's default zero_division ('warn') also gives 0, with a warning",
-    ("prepare.py", r"channels or 4, size"): "decode converts every channel count but 1 to RGB (images.convert)",
-    ("engine.py", r'os\.environ\.get\(DEVICE_ENV, "AUTO"\)'): "the value is lower-cased before it is compared",
-    ("engine.py", r'\.to\(None\b|\.to\((non_blocking|copy)=|stats_tensors\(stats, None\)|"rng"\], None\)|'
+    ("data/prepare.py", r"channels or 4, size"): "decode converts every channel count but 1 to RGB (images.convert)",
+    ("training/engine.py", r'os\.environ\.get\(DEVICE_ENV, "AUTO"\)'): "the value is lower-cased before it is compared",
+    (r"training/engine\.py|data/(normalize|batches)\.py", r'\.to\(None\b|\.to\((non_blocking|copy)=|stats_tensors\(stats, None\)|"rng"\], None\)|'
                   r"(loss_sum|correct) = torch\.zeros\(\(\), (device=None|dtype=torch\.int64\)|\))"):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
-    ("engine.py", r'non_blocking=images\.device\.type (!= "cpu"|== "(XXcpuXX|CPU)")|images\.to\(mean\.device, \)'):
+    ("data/normalize.py", r'non_blocking=images\.device\.type (!= "cpu"|== "(XXcpuXX|CPU)")|images\.to\(mean\.device, \)'):
         "non_blocking only changes whether a pinned host-to-GPU copy makes the host wait, never a value",
-    ("engine.py", r"std = .*\.view\(-1, 1, 1\)"):
+    ("data/normalize.py", r"std = .*\.view\(-1, 1, 1\)"):
         "a C x 1 x 1 std broadcasts over N x C x H x W as 1 x C x 1 x 1 does (the channel check reads the mean)",
-    ("engine.py", r"if n > 2 and n % p\.batch_size == 1"):
+    ("training/engine.py", r"if n > 2 and n % p\.batch_size == 1"):
         "n = 2 leaves a remainder of 1 only for batches of 1 image, and n % 1 is 0",
-    ("engine.py", r"correct = torch\.zeros\(\(\), device=device, (dtype=None)?\)"):
+    ("training/engine.py", r"correct = torch\.zeros\(\(\), device=device, (dtype=None)?\)"):
         "a float32 count is exact up to 2**24 correct images per epoch: no test can afford more",
-    ("engine.py", r"^\+\s+dtype = None$|torch\.autocast\(device\.type, (dtype=None, )?enabled="):
+    ("training/engine.py", r"^\+\s+dtype = None$|torch\.autocast\(device\.type, (dtype=None, )?enabled="):
         "autocast is off on a CPU (autocast_dtype is None there): CUDA only",
-    ("engine.py", r"^\+\s+nhwc = None$"): "memory layout: speed, not results",
-    ("engine.py", r"if \(p\.l1 > 0\) or True|if p\.l1 >= 0"):
+    ("training/engine.py", r"^\+\s+nhwc = None$"): "memory layout: speed, not results",
+    ("training/engine.py", r"if \(p\.l1 > 0\) or True|if p\.l1 >= 0"):
         "adding 0 x the L1 penalty changes neither the loss nor a gradient, only the speed",
-    ("engine.py", r"set_to_none=(None|False)"):
+    ("training/engine.py", r"set_to_none=(None|False)"):
         "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
 }
 
@@ -85,16 +85,16 @@ def equivalent(module: str, diff: str) -> str | None:
     import re
 
     added = "\n".join(line for line in diff.splitlines() if line.startswith("+"))
-    return next((why for (mod, pattern), why in EQUIVALENT.items() if mod == module and re.search(pattern, added, re.M)),
-                None)
+    return next((why for (mod, pattern), why in EQUIVALENT.items()
+                 if re.fullmatch(mod, module) and re.search(pattern, added, re.M)), None)
 
 
 def modules() -> list[str]:
-    """The modules mutmut mutates (pyproject.toml's only_mutate), as file names."""
+    """The modules mutmut mutates (pyproject.toml's only_mutate), as paths in the package: data/prepare.py."""
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
-    return [Path(p).name for p in config["only_mutate"]]
+    return [Path(p).relative_to("src/foldwise").as_posix() for p in config["only_mutate"]]
 
 
 def results() -> dict[str, dict[str, str]]:
@@ -135,7 +135,7 @@ def diff_of(mutant: str) -> str:
     import re
 
     module, name = mutant.rsplit(".", 1)
-    functions = _functions(module.split(".")[-1])
+    functions = _functions("/".join(module.split(".")[1:]))
     original, mutated = functions.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", name)), functions.get(name)
     if original is None or mutated is None:
         return f"(see: mutmut show {mutant})"

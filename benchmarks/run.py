@@ -49,8 +49,8 @@ from pipeline import pipeline_markdown, run_pipeline  # noqa: E402
 from training import (CONFIGS, EPOCH_MULTIPLIER, PATHS, PeakMemory, compare, load_fashion_mnist,  # noqa: E402
                       reference_workload, time_to_accuracy)
 
-from foldwise.engine import choose_device  # noqa: E402
-from foldwise.params import load_params  # noqa: E402
+from foldwise.core.params import load_params  # noqa: E402
+from foldwise.training.engine import choose_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.90, 0.91)

@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from foldwise.datasets import get_source
-from foldwise.download import download
-from foldwise.engine import fit, seed_everything, to_inputs
-from foldwise.models import build_model
-from foldwise.monitor import NullMonitor
-from foldwise.params import Params
-from foldwise.stats import compute_stats
+from foldwise.core.params import Params
+from foldwise.data.download import download
+from foldwise.data.normalize import to_inputs
+from foldwise.data.normalize import compute_stats
+from foldwise.data.sources import get_source
+from foldwise.training.engine import fit, seed_everything
+from foldwise.training.models import build_model
+from foldwise.training.monitor import NullMonitor
 
 # name: (params overrides, batch size); the MLP is 784-512-256-128-64-10 (params.yaml's hidden_sizes)
 CONFIGS: dict[str, tuple[dict[str, Any], int]] = {

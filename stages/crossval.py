@@ -4,16 +4,16 @@ import argparse
 import json
 from pathlib import Path
 
-from foldwise.checkpoints import for_stage
-from foldwise.cli import run_stage
-from foldwise.crossval import run_crossval
-from foldwise.cvstats import cv_table, explain_choice, headline
-from foldwise.data import read_classes
-from foldwise.engine import choose_device
-from foldwise.loaders import open_split
-from foldwise.live import monitor_from_env
-from foldwise.outputs import write_csv, write_json, write_text
-from foldwise.params import load_params
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import write_csv, write_json, write_text
+from foldwise.core.params import load_params
+from foldwise.data.batches import open_split
+from foldwise.data.layout import read_classes
+from foldwise.live.monitors import monitor_from_env
+from foldwise.reporting.cvstats import cv_table, explain_choice, headline
+from foldwise.training.crossval import run_crossval
+from foldwise.training.engine import choose_device
+from foldwise.training.resume import for_stage
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ instead, so DVC versions exactly what was trained on.
 import argparse
 import os
 
-from foldwise.cli import run_stage
-from foldwise.datasets import get_source
-from foldwise.download import copy_user_data, download, given_user_data
-from foldwise.outputs import atomic_dir
-from foldwise.params import load_params
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import atomic_dir
+from foldwise.core.params import load_params
+from foldwise.data.download import copy_user_data, download, given_user_data
+from foldwise.data.sources import get_source
 
 
 def main() -> None:

@@ -2,16 +2,16 @@
 
 import argparse
 
-from foldwise.cli import run_stage
-from foldwise.data import read_classes
-from foldwise.engine import choose_device
-from foldwise.final import evaluate_on, load_checkpoint
-from foldwise.live import monitor_from_env, show_test
-from foldwise.loaders import open_split
-from foldwise.outputs import write_csv, write_json
-from foldwise.params import load_params, parse_params
-from foldwise.plot_data import confusion_counts, per_class, sample_predictions
-from foldwise.metrics import provenance
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import write_csv, write_json
+from foldwise.core.params import load_params, parse_params
+from foldwise.data.batches import open_split
+from foldwise.data.layout import read_classes
+from foldwise.live.monitors import monitor_from_env, show_test
+from foldwise.reporting.metrics import provenance
+from foldwise.reporting.plot_data import confusion_counts, per_class, sample_predictions
+from foldwise.training.engine import choose_device
+from foldwise.training.final import evaluate_on, load_checkpoint
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import argparse
 
-from foldwise.cli import run_stage
-from foldwise.loaders import normalisation_stats
-from foldwise.outputs import write_json
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import write_json
+from foldwise.data.batches import normalisation_stats
 
 
 def main() -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise import figures
-from foldwise.cli import run_stage
-from foldwise.data import images_at, read_classes
-from foldwise.outputs import atomic_dir
-from foldwise.plot_data import confident_mistakes, counts_matrix, curve_families, pick_examples, read_table
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import atomic_dir
+from foldwise.data.layout import images_at, read_classes
+from foldwise.reporting import figures
+from foldwise.reporting.plot_data import confident_mistakes, counts_matrix, curve_families, pick_examples, read_table
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ import json
 from contextlib import closing
 from pathlib import Path
 
-from foldwise.cli import run_stage
-from foldwise.datasets import get_source, load_raw
-from foldwise.outputs import atomic_dir
-from foldwise.params import load_params
-from foldwise.prepare import REPORT, SKIPPED, prepare
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import atomic_dir
+from foldwise.core.params import load_params
+from foldwise.data.prepare import REPORT, SKIPPED, prepare
+from foldwise.data.sources import get_source, load_raw
 
 
 def main() -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.cli import run_stage
-from foldwise.outputs import write_text
-from foldwise.params import load_params
-from foldwise.plot_data import read_table
-from foldwise.report import build
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import write_text
+from foldwise.core.params import load_params
+from foldwise.reporting.plot_data import read_table
+from foldwise.reporting.report import build
 
 
 def main() -> None:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.checkpoints import for_stage
-from foldwise.cli import run_stage
-from foldwise.data import read_classes
-from foldwise.engine import choose_device
-from foldwise.final import resolve_variant, save_checkpoint, train_final
-from foldwise.loaders import open_split
-from foldwise.live import monitor_from_env
-from foldwise.outputs import write_csv, write_json
-from foldwise.params import load_params
+from foldwise.core.cli import run_stage
+from foldwise.core.outputs import write_csv, write_json
+from foldwise.core.params import load_params
+from foldwise.data.batches import open_split
+from foldwise.data.layout import read_classes
+from foldwise.live.monitors import monitor_from_env
+from foldwise.training.engine import choose_device
+from foldwise.training.final import resolve_variant, save_checkpoint, train_final
+from foldwise.training.resume import for_stage
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import gzip
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from foldwise.checkpoints import Checkpoints
-from foldwise.data import ImageSet
-from foldwise.engine import Preloaded
-from foldwise.params import Params
+from foldwise.core.params import Params
+from foldwise.data.batches import Preloaded
+from foldwise.data.layout import ImageSet
+from foldwise.training.resume import Checkpoints
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "foldwise"
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover"]
 
@@ -39,6 +42,17 @@ def make_images(n: int, classes: int = 3, size: int = 12, channels: int = 1, see
     for i, label in enumerate(labels):
         images[i, label * band : (label + 1) * band] += 150
     return images, labels.astype(np.int64)
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e/ is an end-to-end test (real dvc, Visdom, a browser, subprocesses):
+    ``make quick`` (``pytest -m "not e2e"``) leaves them out."""
+    for item in items:
+        if E2E in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture
@@ -147,3 +161,23 @@ class Killed(Checkpoints):
         self.n -= 1
         if self.n == 0:
             raise Interrupted
+
+
+def module_file(name: str) -> Path:
+    """The file of package module ``name`` (``data.prepare``; a subpackage: its ``__init__.py``)."""
+    path = PACKAGE.joinpath(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def foldwise_imports(path: Path) -> set[str]:
+    """The package modules (``data.prepare``) ``path`` imports anywhere, at top level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "foldwise":
+            module = ".".join(node.module.split(".")[1:])
+            for alias in node.names:  # `from foldwise.core import npm` names a module
+                sub = f"{module}.{alias.name}".lstrip(".")
+                found.add(sub if module_file(sub).is_file() else module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("foldwise.")}
+    return {name for name in found if name and module_file(name).is_file()}

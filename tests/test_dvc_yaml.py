@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 from pathlib import Path
@@ -10,38 +9,30 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import foldwise_imports, module_file
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "foldwise"
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]
 # Modules that cannot change what a stage writes: console lines, the Visdom live view, error
-# messages. Their imports are not followed either (cli imports download only for its exception).
-PRESENTATION = {"cli", "live", "monitor", "visdom_monitor", "visdom_server", "visdom_assets", "npm"}
+# messages. Their imports are not followed either (cli imports errors only to catch them).
+PRESENTATION = {"core.cli", "core.npm", "live.monitors", "live.settings", "live.visdom_monitor", "live.server",
+                "live.assets", "training.monitor"}
 # Modules a stage reaches only through a presentation module but whose files are its outputs.
-WRITERS = {"--live": "dvclive_monitor"}
-
-
-def foldwise_imports(path: Path) -> set[str]:
-    """The foldwise modules ``path`` imports anywhere (top level or inside functions)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "foldwise":
-            parts = node.module.split(".")
-            found |= {alias.name for alias in node.names} if len(parts) == 1 else {parts[1]}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("foldwise.")}
-    return {name for name in found if (PACKAGE / f"{name}.py").is_file()}
+WRITERS = {"--live": "live.dvclive_monitor"}
 
 
 def code_closure(stage: str) -> set[str]:
-    """Package modules the stage's script imports, transitively, through modules that affect results."""
+    """Package modules (``data.prepare``) the stage's script imports, transitively, through modules that
+    affect results."""
     todo, seen = list(foldwise_imports(ROOT / "stages" / f"{stage}.py")), set()
     while todo:
         name = todo.pop()
         if name in seen or name in PRESENTATION:
             continue
         seen.add(name)
-        todo += foldwise_imports(PACKAGE / f"{name}.py")
+        todo += foldwise_imports(module_file(name))
     for flag, module in WRITERS.items():
         if flag in STAGES[stage]["cmd"]:
             seen.add(module)
@@ -60,7 +51,8 @@ def outputs(stage: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
-    declared = {Path(d).stem for d in STAGES[stage]["deps"] if d.startswith("src/foldwise/")}
+    declared = {".".join(Path(d).relative_to("src/foldwise").with_suffix("").parts) for d in STAGES[stage]["deps"]
+                if d.startswith("src/foldwise/")}
     assert f"stages/{stage}.py" in STAGES[stage]["deps"]
     imported = code_closure(stage)
     assert declared == imported, (f"{stage}: add {sorted(imported - declared)}, "
@@ -68,9 +60,10 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
 
 
 def test_the_closure_follows_imports_inside_functions_and_skips_presentation():
-    assert {"params", "outputs", "download"} <= code_closure("download")  # download imports params in main
-    assert "visdom_monitor" not in code_closure("crossval") and "dvclive_monitor" in code_closure("crossval")
-    assert "download" not in code_closure("report")  # only cli (presentation) imports it there
+    assert {"core.params", "core.outputs", "data.download"} <= code_closure("download")  # params: in main
+    assert "live.visdom_monitor" not in code_closure("crossval") and "live.dvclive_monitor" in code_closure("crossval")
+    assert "core.errors" not in code_closure("report")  # only cli (presentation) imports it there
+    assert "data.sources" in code_closure("crossval")  # augment imports it inside a function
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

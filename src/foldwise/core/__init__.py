@@ -1,0 +1,8 @@
+"""What every stage shares, depending on nothing else in foldwise.
+
+- ``params``: the typed, validated view of params.yaml (``Params``), its defaults and variants;
+- ``outputs``: atomic writes of stage outputs (a killed stage leaves the previous file);
+- ``errors``: ``UserError``, bad input whose message says what would be valid;
+- ``cli``: a stage's ``main`` run with one-line user errors;
+- ``npm``: pinned, checksummed browser assets from the npm registry.
+"""

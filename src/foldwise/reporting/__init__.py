@@ -1,0 +1,11 @@
+"""Statistics, tables and figures of results; pure functions of arrays and tables.
+
+- ``cvstats``: per-variant CV statistics, paired tests, the variant choice;
+- ``metrics``: test metrics and provenance;
+- ``plot_data``: the CSV files ``dvc plots`` draws;
+- ``figures``: the PNG figures under reports/figures;
+- ``report``: reports/report.md;
+- ``plots_html``: the offline template for ``dvc plots show/diff``.
+
+Below ``training``: crossval and the final model call these statistics.
+"""

@@ -1,0 +1,11 @@
+"""The crossval and train stages: models, the explicit PyTorch loop, cross-validation, the final model.
+
+- ``models``: the MODELS registry;
+- ``optim``: optimisers, learning-rate schedules, the L1 penalty;
+- ``augment``: per-image random crop and flip of training batches;
+- ``monitor``: the callbacks training calls (guarded: a monitor never breaks training);
+- ``engine``: device choice, one epoch, evaluation, ``fit`` with early stopping and resume;
+- ``resume``: resumable training state outside every DVC output, keyed by params, inputs and code;
+- ``crossval``: every compared variant on the same K folds;
+- ``final``: the chosen variant trained, saved as models/model.pt and evaluated.
+"""

@@ -1,0 +1,119 @@
+"""Preloaded and streamed splits give the same batches, hence the same training, for the same seed."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from foldwise.data.batches import Preloaded, Streamed, default_workers, normalisation_stats, open_split
+from foldwise.data.layout import split_files
+from foldwise.data.prepare import prepare
+from foldwise.training.engine import fit, seed_everything
+from foldwise.training.models import build_model
+from tests.conftest import CLASSES, make_images
+
+CPU = torch.device("cpu")
+STATS = {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    data = make_images(150, channels=3, seed=4)
+    prepare({"train": data, "test": make_images(30, channels=3, seed=5)}, tuple(CLASSES), tmp_path, 30, 0, seed=0)
+    return tmp_path
+
+
+def test_budget_decides_preload_or_stream(prepared):
+    assert isinstance(open_split(prepared, "train", STATS, CPU, memory_budget_mb=1), Preloaded)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=0)  # 0 MB: nothing fits
+    assert isinstance(streamed, Streamed) and streamed.shape == (3, 12, 12) and len(streamed) == 120
+
+
+def test_same_batches_in_the_same_order(prepared):
+    preloaded = open_split(prepared, "train", STATS, CPU, memory_budget_mb=1)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=2)
+    order = torch.randperm(len(preloaded), generator=torch.Generator().manual_seed(7))
+    pairs = list(zip(preloaded.batches(order, 32), streamed.batches(order, 32), strict=True))
+    assert len(pairs) == 4
+    for (xa, ya), (xb, yb) in pairs:
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    idx = np.array([5, 0, 77])
+    (xa, _), = preloaded.subset(idx).batches(torch.arange(3), 8)
+    (xb, _), = streamed.subset(idx).batches(torch.arange(3), 8)
+    assert torch.equal(xa, xb)
+
+
+def test_stored_order_batches_are_views_and_match_both_paths(prepared):
+    preloaded = open_split(prepared, "train", STATS, CPU, memory_budget_mb=1)
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=0)
+    in_order = list(preloaded.batches(None, 50))
+    assert [len(x) for x, _ in in_order] == [50, 50, 20]
+    for (xa, ya), (xb, yb), (xc, yc) in zip(in_order, preloaded.batches(torch.arange(120), 50),
+                                            streamed.batches(None, 50), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa, xc) and torch.equal(ya, yc)
+        assert xa.untyped_storage().data_ptr() == preloaded.x.untyped_storage().data_ptr()  # no copy
+
+
+def test_training_is_identical_on_both_paths(prepared, tiny_params):
+    p = dataclasses.replace(tiny_params, epochs=2, batch_size=16)
+    histories = []
+    for budget in (1, 0):
+        train = open_split(prepared, "train", STATS, CPU, budget, workers=0)
+        valid = open_split(prepared, "valid", STATS, CPU, budget, workers=0)
+        seed_everything(3)
+        result = fit(build_model((3, 12, 12), 3, p), train, valid, p, seed=3)
+        histories.append([{k: v for k, v in row.items() if k != "seconds"} for row in result.history])
+    assert histories[0] == histories[1]
+
+
+def test_split_files_lists_without_decoding(prepared):
+    files = split_files(prepared, "test")
+    assert len(files) == 30 and files.shape == (3, 12, 12) and files[0][0].dtype == torch.uint8
+
+
+def test_workers_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FOLDWISE_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("FOLDWISE_WORKERS", "many")
+    with pytest.raises(ValueError, match="FOLDWISE_WORKERS='many' is not valid"):
+        default_workers()
+
+
+def test_normalisation_statistics_come_from_the_train_split_only(tmp_path):
+    """Test images far brighter than train images: statistics over every split would differ a lot,
+    over train+valid a little; the normalize stage's must equal the train split's to the last bit."""
+    train, test = make_images(60, seed=3), make_images(30, seed=4)
+    test = (255 - test[0] // 4, test[1])  # bright
+    manifest = prepare({"train": train, "test": test}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
+    stats = normalisation_stats(tmp_path)
+    sources = {"train": train[0], "test": test[0]}
+
+    def direct(splits):
+        rows = manifest[manifest.split.isin(splits)]
+        pixels = np.stack([sources[s.split(":")[0]][int(s.split(":")[1])] for s in rows.source]) / 255
+        return pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+
+    mean, std = direct(["train"])
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], std, rtol=1e-9)
+    assert stats["pixels_per_channel"] == 45 * 12 * 12
+    assert abs(stats["mean"][0] - direct(["train", "valid", "test"])[0][0]) > 0.1
+    assert abs(stats["mean"][0] - direct(["train", "valid"])[0][0]) > 1e-4
+
+
+def test_a_subset_keeps_labels_or_their_absence():
+    x, y = torch.arange(10.0).view(5, 2), torch.tensor([0, 1, 2, 3, 4])
+    part = Preloaded(x, y).subset(np.array([3, 1]))
+    assert torch.equal(part.x, x[[3, 1]]) and torch.equal(part.labels, y[[3, 1]])
+    assert Preloaded(x).subset(np.array([0])).labels is None
+
+
+
+def test_batches_in_stored_order_are_consecutive_slices_of_the_given_size():
+    """``predict``'s path (order None) in batches of 4 over 10 images: 0-3, 4-7, 8-9, each once."""
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    got = list(Preloaded(x, y).batches(None, 4))
+    assert [b.flatten().tolist() for b, _ in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [t.tolist() for _, t in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert got[0][0].data_ptr() == x.data_ptr()  # a view, not a copy

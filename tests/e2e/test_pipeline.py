@@ -1,0 +1,249 @@
+"""End to end: real `dvc` in a temporary git repo on a small subset of the real Fashion-MNIST.
+
+Needs Debian's dataset-fashion-mnist (installed by `make test`) or
+FOLDWISE_MIRROR pointing at a folder with the four official files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = {"max_images_per_split": "400", "epochs": "2", "batch_size": "32", "k_folds": "2"}
+METRICS = ["reports/metrics.json", "reports/cv.json", "reports/train.json"]
+ALL_STAGES = {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots", "report"}
+FIGURES = {"learning_curves.png", "cv_comparison.png", "confusion_matrix.png", "misclassified.png",
+           "sample_predictions.png"}
+
+
+def run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if ok and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def set_params(path: Path, values: dict[str, str]) -> None:
+    text = path.read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"^{key}: \S+", f"{key}: {value}", text, flags=re.M)
+        assert count == 1, key
+    path.write_text(text)
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def tracked_files() -> list[str]:
+    """What a fresh clone holds: git's tracked files (as in the working tree, so uncommitted edits count)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()]
+
+
+def make_clone(repo: Path) -> None:
+    """Copy the tracked files into ``repo`` and commit them, as a fresh clone would have them."""
+    for name in tracked_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    # what the set-up (make) adds: the offline `dvc plots` page template that .dvc/config names
+    template = ROOT / ".foldwise/plots/offline.html"
+    assert template.is_file(), "run `make test`: it writes the dvc plots template"
+    (repo / template.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, repo / template.relative_to(ROOT))
+    run(repo, "git", "init", "-q")
+    # dvc exp run commits through its own git library: give the repo an identity
+    run(repo, "git", "config", "user.name", "foldwise test")
+    run(repo, "git", "config", "user.email", "test@foldwise.invalid")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "a fresh clone, with the reference run's metrics")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("FOLDWISE_MIRROR"):
+        pytest.fail("real Fashion-MNIST not found: run `make test` (installs dataset-fashion-mnist) "
+                    "or set FOLDWISE_MIRROR to a folder with the four .gz files")
+    repo = tmp_path_factory.mktemp("project")
+    make_clone(repo)
+    set_params(repo / "params.yaml", SMALL)
+    run(repo, "git", "commit", "-qam", "small run")
+    return repo
+
+
+def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
+    make_clone(tmp_path)
+    set_params(tmp_path / "params.yaml", {"dataset": "digits", "valid_size": "0.15", "batch_size": "64",
+                                          "epochs": "4", "k_folds": "2"})
+    out = run(tmp_path, "dvc", "repro").stdout
+    assert ran_stages(out) == ALL_STAGES
+    manifest = (tmp_path / "data/prepared/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 1797  # every image in exactly one split
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert json.loads((tmp_path / "reports/evaluate/provenance.json").read_text())["dataset"] == "digits"
+    assert metrics["test"]["accuracy"] > 0.8
+    per_class = (tmp_path / "reports/evaluate/per_class.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in per_class[1:]] == list("0123456789")
+
+
+def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
+    """dataset: folder through real DVC: DVC notices new images in data/own; a data_path zip replaces them."""
+    from tests.conftest import jpeg_bytes, write_zip
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    make_clone(repo)
+    for c, brightness in (("dark", 40), ("light", 210)):
+        (repo / "data/own" / c).mkdir(parents=True)
+        for i in range(24):
+            (repo / "data/own" / c / f"{i}.jpg").write_bytes(jpeg_bytes(brightness, size=(24, 18), seed=i))
+    (repo / "data/own/dark/broken.jpg").write_bytes(b"")
+    set_params(repo / "params.yaml", {"dataset": "folder", "image_size": "12", "valid_size": "0.2",
+                                      "batch_size": "16", "epochs": "3", "k_folds": "2", "model": "softmax"})
+    assert run(repo, "git", "status", "--porcelain", "data/own").stdout == ""  # images stay out of git
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == ALL_STAGES
+    assert '"empty file": 1' in out  # prepare's report, printed
+    report = json.loads((repo / "data/prepared/report.json").read_text())
+    assert report["shape"] == [3, 12, 12] and sum(report["images"].values()) == 48
+    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] == 1.0
+
+    (repo / "data/own/light/24.jpg").write_bytes(jpeg_bytes(210, size=(24, 18), seed=24))
+    assert "download" in ran_stages(run(repo, "dvc", "repro").stdout)  # an added image is noticed
+
+    write_zip(tmp_path / "elsewhere.zip", {f"shots/{c}/{i}.jpg": jpeg_bytes(v, size=(20, 20), seed=i)
+                                           for c, v in (("night", 30), ("day", 220)) for i in range(20)})
+    out = run(repo, "dvc", "exp", "run", "-S", f"data_path={tmp_path / 'elsewhere.zip'}").stdout
+    assert "download" in ran_stages(out)
+    assert json.loads((repo / "data/prepared/classes.json").read_text()) == ["day", "night"]
+
+
+def test_repro_runs_the_whole_pipeline(repo):
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == ALL_STAGES
+    assert sorted(p.name for p in (repo / "data/raw/fashion-mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    manifest = (repo / "data/prepared/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 3 * 400
+    assert (repo / "data/prepared/train/T-shirt_top").is_dir()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert len((repo / "reports/evaluate/per_class.csv").read_text().splitlines()) == 1 + 10
+    provenance = json.loads((repo / "reports/evaluate/provenance.json").read_text())
+    assert provenance["dataset"] == "fashion-mnist" and provenance["device"] == "cpu"
+    cv = json.loads((repo / "reports/cv.json").read_text())
+    assert set(cv["variants"]) >= {"baseline", "l2", "dropout"} and cv["chosen"] in cv["variants"]
+    assert {p.name for p in (repo / "reports/figures").iterdir()} == FIGURES
+    report = (repo / "reports/report.md").read_text()
+    assert "| max_images_per_split | `400` | `0` |" in report  # the params this run changed
+    assert f"Accuracy {metrics['test']['accuracy']:.4f}" in report
+    assert all(f"(figures/{name})" in report for name in FIGURES)
+
+
+def test_metrics_diff_compares_with_the_committed_reference_run(repo):
+    reference = json.loads(run(repo, "git", "show", "HEAD:reports/metrics.json").stdout)
+    assert reference["test"]["accuracy"] >= 0.90  # the full default run README reports
+    diff = run(repo, "dvc", "metrics", "diff").stdout
+    row = next(line for line in diff.splitlines() if re.search(r"reports/metrics.json\s+test.accuracy\s", line))
+    assert str(reference["test"]["accuracy"]) in row
+    assert "reason" not in diff  # numbers only: the table stays readable
+
+
+def test_second_repro_has_nothing_to_do(repo):
+    out = run(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == set()
+    assert "Data and pipelines are up to date." in out
+
+
+def test_forced_rerun_changes_no_byte_of_the_results_nor_dvc_lock(repo):
+    """Everything git tracks is a pure function of data, params and code: no wall-clock times."""
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "the small run's results")
+    out = run(repo, "dvc", "repro", "--force").stdout
+    assert ran_stages(out) == ALL_STAGES
+    assert run(repo, "git", "status", "--porcelain").stdout == ""  # dvc.lock, metrics and CSVs unchanged
+    assert "Data and pipelines are up to date." in run(repo, "dvc", "status").stdout
+
+
+def test_exp_run_reruns_only_training_stages_and_compares(repo):
+    out = run(repo, "dvc", "exp", "run", "-S", "lr=0.02").stdout
+    assert ran_stages(out) == {"crossval", "train", "evaluate", "plots", "report"}
+    for stage in ("download", "prepare", "normalize"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    params = run(repo, "dvc", "params", "diff").stdout
+    assert re.search(r"params\.yaml\s+lr\s+0\.008\s+0\.02", params), params
+    show = run(repo, "dvc", "exp", "show", "--csv").stdout
+    assert "0.02" in show and "test.accuracy" in show
+    run(repo, "dvc", "plots", "show", "--out", "plots-html")
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "Test confusion matrix" in html and "learning_curves.png" in html
+    assert "<script src=" not in html and "/* vega-embed@6.18.2 */" in html  # .dvc/config's offline template
+
+
+def test_bad_param_fails_clearly_and_loses_nothing(repo):
+    """DVC removes a stage's outputs before running it; the previous ones stay in git and DVC's cache,
+    and undoing the change restores them from the run-cache without running anything."""
+    results = METRICS + ["reports/cv/folds.csv", "reports/cv/history.csv", "reports/report.md", "models/model.pt"]
+    before = {m: (repo / m).read_bytes() for m in results}
+    set_params(repo / "params.yaml", {"lr": "fast"})
+    failed = run(repo, "dvc", "repro", ok=False)
+    output = failed.stderr + failed.stdout
+    assert failed.returncode != 0
+    assert "lr: expected a number, got 'fast'" in output
+    assert "Traceback" not in output
+    set_params(repo / "params.yaml", {"lr": "0.02"})
+    back = run(repo, "dvc", "repro").stdout
+    assert ran_stages(back) == set() and "Stage 'crossval' is cached - skipping run" in back
+    assert {m: (repo / m).read_bytes() for m in results} == before
+
+
+def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo):
+    """Kill `dvc repro` (the whole process group) with SIGKILL in the middle of a crossval with new
+    params: `dvc checkout` brings the previous results back meanwhile, and `dvc repro` resumes from
+    the checkpoints (the finished folds are not repeated) to exactly an uninterrupted run's results."""
+    import signal
+    import time
+
+    previous = {name: (repo / name).read_bytes() for name in ("reports/cv/summary.json", "reports/cv/history.csv")}
+    set_params(repo / "params.yaml", {"epochs": "16"})  # new params: not in the run-cache, long enough to kill
+    checkpoints = repo / ".foldwise" / "checkpoints" / "crossval"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu"}
+    victim = subprocess.Popen(["dvc", "repro", "crossval"], cwd=repo, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/run002.pt")):  # the third of six runs has started
+        assert victim.poll() is None, "crossval finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert not (repo / "reports/cv.json").exists()  # nothing half-written that could pass for a result
+
+    run(repo, "dvc", "checkout", "--force")  # meanwhile: the results dvc.lock describes, from DVC's cache
+    assert {name: (repo / name).read_bytes() for name in previous} == previous
+
+    resumed = run(repo, "dvc", "repro", "crossval")
+    assert "resuming" in resumed.stderr + resumed.stdout
+    assert not checkpoints.exists()
+    outputs = ["reports/cv.json", "reports/cv/folds.csv", "reports/cv/history.csv", "reports/cv/summary.json"]
+    after_resume = {name: (repo / name).read_bytes() for name in outputs}
+    live = sorted((repo / "reports/live/crossval").rglob("*.tsv"))
+    live_after_resume = [path.read_bytes() for path in live]
+    run(repo, "dvc", "repro", "--force", "crossval")  # the same params, uninterrupted
+    assert {name: (repo / name).read_bytes() for name in outputs} == after_resume
+    assert [path.read_bytes() for path in live] == live_after_resume  # dvclive's curves too
+    set_params(repo / "params.yaml", {"epochs": "2"})

@@ -1,0 +1,223 @@
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from foldwise.data.normalize import to_inputs
+from foldwise.reporting.cvstats import paired_test, summarize
+from foldwise.training.crossval import make_folds, run_crossval
+from foldwise.training.engine import seed_everything
+from foldwise.training.models import build_model
+from foldwise.training.monitor import Monitor
+from foldwise.training.resume import Checkpoints
+from tests.conftest import Interrupted, Killed, RecordingSource
+
+
+def test_folds_are_stratified_disjoint_and_seeded():
+    labels = np.arange(60) % 3
+    folds = make_folds(labels, 4, seed=0)
+    assert len(folds) == 4
+    valid = np.concatenate([v for _, v in folds])
+    assert sorted(valid) == list(range(60))  # every image validated exactly once
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert set(np.bincount(labels[val])) == {5}
+    again = make_folds(labels, 4, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+
+
+def test_folds_need_k_images_in_every_class_present():
+    labels = np.array([0, 0, 2, 2, 2])  # class 1 has no image: it does not count
+    assert len(make_folds(labels, 2, seed=0)) == 2
+    with pytest.raises(ValueError, match=r"^k_folds: 2 is larger than the smallest class \(label 1: 1 training "):
+        make_folds(np.array([0, 0, 1, 2, 2]), 2, seed=0)
+
+
+def test_too_few_images_per_class_is_explained():
+    with pytest.raises(ValueError, match=r"k_folds: 5 is larger than the smallest class \(label 0: 2 training "
+                                         r"images\); valid: 2 to 2"):
+        make_folds(np.array([0, 0, 1, 1, 1, 1, 1, 1]), 5, seed=0)
+
+
+def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, tiny_stats, tiny_params):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    result = run_crossval((x, tiny_set.labels), 3, tiny_params)
+    p = tiny_params
+    assert list(result.folds.columns) == [
+        "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
+        "best_epoch", "epochs", "stopped_early"]  # no wall-clock seconds: folds.csv is committed
+    assert [(r.variant, r.fold) for r in result.folds.itertuples()] == [
+        (v, f) for v in p.variants for f in range(p.k_folds)]
+    assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
+    # each fold row holds the values of its run's history (last epoch: no early stopping here)
+    for row in result.folds.itertuples():
+        runs = result.history[(result.history.variant == row.variant) & (result.history.fold == row.fold)]
+        assert list(runs.epoch) == [1, 2] and row.epochs == 2
+        assert row.final_valid_acc == runs.valid_acc.iloc[-1] and row.final_valid_loss == runs.valid_loss.iloc[-1]
+        assert row.best_valid_acc == runs.valid_acc.max() and row.best_valid_loss == runs.valid_loss.min()
+        assert row.best_epoch == runs.epoch[runs.valid_acc == runs.valid_acc.max()].iloc[0]
+    assert result.summary == {"k_folds": 2, **summarize(result.folds)}
+    for name, stats in result.summary["variants"].items():
+        scores = result.folds[result.folds.variant == name].final_valid_acc
+        assert stats["valid_acc_mean"] == pytest.approx(scores.mean(), abs=1e-6)
+
+
+def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_stats, tiny_params, capsys):
+    """Paired runs: same folds, initial weights and batches, so every loss of every epoch is the same
+    (accuracies alone are no proof: on easy data they all reach 1.0)."""
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    twin = dataclasses.replace(tiny_params, variants={"baseline": {}, "twin": {}})
+    history = run_crossval((x, tiny_set.labels), 3, twin).history.drop(columns="seconds")
+    base = history[history.variant == "baseline"].drop(columns="variant").reset_index(drop=True)
+    same = history[history.variant == "twin"].drop(columns="variant").reset_index(drop=True)
+    pd.testing.assert_frame_equal(base, same)
+    err = capsys.readouterr().err  # each run's length and time go to the console, not to the outputs
+    assert all(f"{v} fold {f}: 2 epochs in " in err for v in ("baseline", "twin") for f in (0, 1))
+    assert base.train_loss.nunique() == len(base)  # losses that differ between folds and epochs
+
+
+def test_every_variant_on_a_fold_starts_from_the_same_weights_and_batches_and_validates_on_that_fold(
+        tiny_set, tiny_stats, tiny_params, monkeypatch):
+    """The paired comparison, tensor by tensor: for every fold, each variant's initial weights and the
+    order of its training batches are identical, its training images are the fold's training part and
+    it is validated on exactly the held-out part."""
+    import foldwise.training.crossval as crossval
+
+    initial = []
+
+    def build_and_record(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        initial.append([t.detach().clone() for t in model.state_dict().values()])
+        return model
+
+    monkeypatch.setattr(crossval, "build_model", build_and_record)
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    source = RecordingSource(x, tiny_set.labels)
+    p = dataclasses.replace(tiny_params, k_folds=3)
+    result = run_crossval(source, 3, p)
+    folds = make_folds(tiny_set.labels.numpy(), 3, p.seed)
+    runs = list(zip(result.folds.itertuples(), initial, zip(source.subsets[::2], source.subsets[1::2]),
+                    strict=True))
+    assert len(runs) == 9
+    first = {}  # fold -> (weights, batch orders) of the first variant
+    for row, weights, ((train_idx, train), (valid_idx, valid)) in runs:
+        assert train.trained and not valid.trained  # shuffled for training; read in order for validation
+        np.testing.assert_array_equal(train_idx, folds[row.fold][0])
+        np.testing.assert_array_equal(valid_idx, folds[row.fold][1])
+        assert torch.equal(valid.labels, tiny_set.labels[folds[row.fold][1]])
+        orders = [o for o in train.orders if o is not None]
+        assert len(orders) == p.epochs
+        if row.fold not in first:
+            first[row.fold] = (weights, orders)
+            seed_everything(p.seed + row.fold)  # the documented start of fold f: seed + f
+            by_hand = build_model((1, 12, 12), 3, p)
+            assert all(torch.equal(a, b) for a, b in zip(weights, by_hand.state_dict().values(), strict=True))
+            continue
+        for a, b in zip(weights, first[row.fold][0], strict=True):
+            assert torch.equal(a, b), f"{row.variant} fold {row.fold} starts from other weights"
+        for a, b in zip(orders, first[row.fold][1], strict=True):
+            assert torch.equal(a, b), f"{row.variant} fold {row.fold} sees other batches"
+    assert not torch.equal(first[0][0][0], first[1][0][0])  # folds differ: the check can tell
+
+
+def test_only_compared_variants_run_and_combinations_merge(tiny_set, tiny_stats, tiny_params):
+    """``l2+dropout`` runs exactly as a variant spelling out both changes would."""
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2+dropout"))
+    result = run_crossval((x, tiny_set.labels), 3, p)
+    assert list(dict.fromkeys(result.folds["variant"])) == ["baseline", "l2+dropout"]
+    spelled = dataclasses.replace(p, variants={**p.variants, "both": {"weight_decay": 0.01, "dropout": 0.3}},
+                                  compare=("baseline", "both"))
+    both = run_crossval((x, tiny_set.labels), 3, spelled)
+    merged = result.history.drop(columns=["seconds", "variant"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged, both.history.drop(columns=["seconds", "variant"]).reset_index(drop=True))
+    assert result.summary["variants"]["l2+dropout"] == both.summary["variants"]["both"]
+    diffs = result.folds.final_valid_acc[2:].to_numpy() - result.folds.final_valid_acc[:2].to_numpy()
+    assert result.summary["variants"]["l2+dropout"]["p_value"] == pytest.approx(paired_test(diffs, 2)[0], abs=1e-6)
+
+
+def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params, capsys):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "big": {"model": "vgg99"}})
+    with pytest.raises(KeyError, match="unknown model 'vgg99'"):
+        run_crossval((x, tiny_set.labels), 3, p, monitor=None)
+    p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "aug": {"augment": True,
+                                                                                   "augment_padding": 12}})
+    with pytest.raises(ValueError, match="augment_padding: 12 is too large for 12x12 images; valid: 0 to 11"):
+        run_crossval((x, tiny_set.labels), 3, p)
+
+
+def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params, capsys):
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    # dropout and augmentation draw random numbers: resuming must restore every generator
+    p = dataclasses.replace(tiny_params, epochs=3, variants={"baseline": {}, "dropout": {"dropout": 0.3},
+                                                             "augment": {"augment": True}})
+    whole = run_crossval((x, tiny_set.labels), 3, p)
+    with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
+        run_crossval((x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
+    capsys.readouterr()
+    seen = Recorder()
+    resumed = run_crossval((x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    err = capsys.readouterr().err
+    assert "resuming dropout fold 0 after epoch 2\n" in err and err.count("resuming") == 1  # finished runs: done
+    # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
+    assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold", *(["epoch"] * 3 + ["fold"]) * 3]
+    assert seen.folds == whole.folds.to_dict("records")
+    pd.testing.assert_frame_equal(resumed.folds, whole.folds)
+    pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
+    assert resumed.summary == whole.summary
+    # monitors that keep files (dvclive) get every row once: the replayed ones first, then the new ones
+    assert seen.kinds[:1] == ["resume"] and "epoch" in seen.kinds
+    assert [(r["variant"], r["fold"], r["epoch"]) for r in seen.rows] == \
+        [(r.variant, r.fold, r.epoch) for r in whole.history.itertuples()]
+    Checkpoints("crossval", "k1", tmp_path).clear()
+    assert not (tmp_path / "crossval").exists()
+
+
+class Recorder(Monitor):
+    def __init__(self):
+        self.kinds, self.rows, self.folds = [], [], []
+
+    def on_fold_end(self, row):
+        self.kinds.append("fold")
+        self.folds.append(row)
+
+    def on_resume(self, rows):
+        self.kinds.append("resume")
+        self.rows.extend(rows)
+
+    def on_epoch_end(self, row):
+        self.kinds.append("epoch")
+        self.rows.append(row)
+
+
+def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, tiny_stats):
+    from torch import nn
+
+    from foldwise.core.params import load_params
+    from foldwise.training.models import build_model
+    from foldwise.training.optim import make_optimizer
+
+    p = dataclasses.replace(load_params(Path(__file__).resolve().parents[2] / "params.yaml"),
+                            epochs=1, batch_size=16, k_folds=2, compare=())
+    base = p.for_variant("baseline")
+    claims = {
+        "baseline": lambda v: v == base,
+        "l2": lambda v: make_optimizer(build_model((1, 12, 12), 3, v), v).param_groups[0]["weight_decay"] > 0,
+        "l1": lambda v: v.l1 > 0,
+        "dropout": lambda v: any(isinstance(m, nn.Dropout) for m in build_model((1, 12, 12), 3, v).modules()),
+        "augment": lambda v: v.augment,
+        "early_stop": lambda v: v.patience > 0,
+        "batchnorm": lambda v: any(isinstance(m, nn.BatchNorm2d) for m in build_model((1, 12, 12), 3, v).modules()),
+        "small": lambda v: sum(t.numel() for t in build_model((1, 12, 12), 3, v).parameters())
+        < sum(t.numel() for t in build_model((1, 12, 12), 3, base).parameters()),
+    }
+    assert set(p.variants) == set(claims), "a variant in params.yaml has no claim checked here"
+    for name, claim in claims.items():
+        assert claim(p.for_variant(name)), name
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    result = run_crossval((x, tiny_set.labels), 3, p)
+    assert list(result.summary["variants"]) == list(p.variants)
