@@ -54,10 +54,10 @@ BUGS = (
         "training/engine.py", "optimizer.zero_grad(set_to_none=True)", "pass", ("tests/training/test_engine.py",)),
     Bug("fit-augments-valid", "augmentation applied to the validation images inside fit",
         "training/engine.py", "checked = evaluate(model, valid)\n",
-        "checked = evaluate(model, valid if augmenter is None else Preloaded(augmenter(valid.x), valid.labels))\n",
+        "checked = evaluate(model, valid if augmenter is None else type(valid)(augmenter(valid.x), valid.labels))\n",
         ("tests/training/test_engine.py",)),
     Bug("predict-train-mode", "predict leaves dropout and BatchNorm in training mode",
-        "training/engine.py", "    model.eval()\n    data = as_batches(data)", "    data = as_batches(data)", ("tests/training/test_engine.py",)),
+        "training/engine.py", "    model.eval()\n    device = next(", "    device = next(", ("tests/training/test_engine.py",)),
     Bug("test-image-leak", "a test image swapped for a training image of the same class",
         "data/prepare.py", "md5, image = part.write(i, out_dir / rel)",
         "md5, image = (train.write(int(np.flatnonzero(train.labels == label)[0]), out_dir / rel) "

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from foldwise.core.params import Params
+from foldwise.data.batches import Preloaded
 from foldwise.data.download import download
-from foldwise.data.normalize import to_inputs
-from foldwise.data.normalize import compute_stats
+from foldwise.data.normalize import compute_stats, to_inputs
 from foldwise.data.sources import get_source
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
@@ -260,7 +260,7 @@ def compare(name: str, d: Data, base: Params, epochs: int, workers: int,
 
     interleave = _Interleave({path: timed(path) for path in ("hand", "textbook")}, results["foldwise"], epochs, memory)
     interleave.run_others()
-    fit(models["foldwise"], (d.x, d.y), (d.xt, d.yt), p, p.seed, interleave)
+    fit(models["foldwise"], Preloaded(d.x, d.y), Preloaded(d.xt, d.yt), p, p.seed, interleave)
     return results
 
 
@@ -270,7 +270,7 @@ def time_to_accuracy(d: Data, p: Params, thresholds: tuple[float, ...]) -> tuple
     (training plus the per-epoch test evaluations) at the first epoch that reached it (None: never)."""
     seed_everything(p.seed)
     model = build_model(tuple(d.x.shape[1:]), int(d.y.max()) + 1, p).to(d.x.device)
-    result = fit(model, (d.x, d.y), (d.xt, d.yt), p, p.seed)
+    result = fit(model, Preloaded(d.x, d.y), Preloaded(d.xt, d.yt), p, p.seed)
     rows, total = [], 0.0
     for row in result.history:
         total += row["seconds"]

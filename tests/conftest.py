@@ -17,7 +17,7 @@ import torch
 
 from foldwise.core.params import Params
 from foldwise.data.batches import Preloaded
-from foldwise.data.layout import ImageSet
+from foldwise.data.layout import decode_all, read_classes, split_files
 from foldwise.training.resume import Checkpoints
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "foldwise"
@@ -42,6 +42,21 @@ def make_images(n: int, classes: int = 3, size: int = 12, channels: int = 1, see
     for i, label in enumerate(labels):
         images[i, label * band : (label + 1) * band] += 150
     return images, labels.astype(np.int64)
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """Decoded images (uint8 N x C x H x W), labels (int64 N) and class names: what the tests train on."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def read_split(prepared_dir: Path, split: str) -> ImageSet:
+    """A prepared split, decoded through the package's public readers."""
+    files = split_files(prepared_dir, split)
+    return ImageSet(decode_all(files), files.labels, read_classes(prepared_dir))
 
 
 E2E = Path(__file__).resolve().parent / "e2e"

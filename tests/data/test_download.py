@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from foldwise.data.download import DownloadError, content_md5, download
+from foldwise.data.download import DownloadError, download, file_md5s
 from foldwise.data.sources import Source
 
 
@@ -20,11 +20,15 @@ def gz(path: Path, payload: bytes, level: int) -> None:
     path.write_bytes(gzip.compress(payload, compresslevel=level))
 
 
-def test_content_md5_is_the_same_for_different_compressions(tmp_path):
+def test_content_md5_is_the_same_for_different_compressions_and_the_raw_md5_is_not(tmp_path):
     gz(tmp_path / "a.gz", b"x" * 1000, 1)
     gz(tmp_path / "b.gz", b"x" * 1000, 9)
     assert (tmp_path / "a.gz").read_bytes() != (tmp_path / "b.gz").read_bytes()
-    assert content_md5(tmp_path / "a.gz") == content_md5(tmp_path / "b.gz") == hashlib.md5(b"x" * 1000).hexdigest()
+    (raw_a, content_a), (raw_b, content_b) = file_md5s(tmp_path / "a.gz"), file_md5s(tmp_path / "b.gz")
+    assert content_a == content_b == hashlib.md5(b"x" * 1000).hexdigest()
+    assert raw_a == hashlib.md5((tmp_path / "a.gz").read_bytes()).hexdigest() != raw_b
+    (tmp_path / "plain").write_bytes(b"y" * 10)
+    assert file_md5s(tmp_path / "plain") == (hashlib.md5(b"y" * 10).hexdigest(),) * 2
 
 
 def test_bad_mirror_falls_through_to_a_good_one(tmp_path):
@@ -42,7 +46,7 @@ def test_downloads_over_http_when_local_mirror_missing(tmp_path, http_mirror):
     source, payload = make_source(tmp_path, (str(tmp_path / "missing"), url))
     gz(root / "data.bin.gz", payload, 5)
     assert download(source, tmp_path / "out") == {"data.bin.gz": url}
-    assert content_md5(tmp_path / "out" / "data.bin.gz") == source.files["data.bin.gz"]
+    assert file_md5s(tmp_path / "out" / "data.bin.gz")[1] == source.files["data.bin.gz"]
 
 
 def test_extra_mirror_is_tried_first(tmp_path, http_mirror):

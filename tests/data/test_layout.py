@@ -3,15 +3,15 @@ import pytest
 import torch
 
 from foldwise.data.batches import uint8_chunks
-from foldwise.data.layout import decode_all, load_split, split_files
+from foldwise.data.layout import decode_all, split_files
 from foldwise.data.prepare import prepare
-from tests.conftest import CLASSES, make_images
+from tests.conftest import CLASSES, make_images, read_split
 
 
-def test_load_split_returns_exactly_the_prepared_pixels(tmp_path):
+def test_a_prepared_split_decodes_to_exactly_the_prepared_pixels(tmp_path):
     rgb = make_images(40, channels=3, seed=5)
     manifest = prepare({"train": rgb, "test": rgb}, tuple(CLASSES), tmp_path, 10, 0, seed=0)
-    loaded = load_split(tmp_path, "valid")
+    loaded = read_split(tmp_path, "valid")
     rows = manifest[manifest.split == "valid"]
     index = [int(p.rsplit("-", 1)[1][:-4]) for p in rows.path]
     expected = torch.from_numpy(rgb[0][index]).permute(0, 3, 1, 2)
@@ -23,9 +23,9 @@ def test_load_split_returns_exactly_the_prepared_pixels(tmp_path):
 
 def test_missing_manifest_and_unknown_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the prepare stage first"):
-        load_split(tmp_path, "train")
+        split_files(tmp_path, "train")
     with pytest.raises(ValueError, match="unknown split 'val'; valid: train, valid, test"):
-        load_split(tmp_path, "val")
+        split_files(tmp_path, "val")
 
 
 def test_prepared_pixel_arrays_hold_the_same_images_as_the_pngs(tmp_path):
@@ -45,4 +45,4 @@ def test_a_pixel_array_that_disagrees_with_the_manifest_is_named(tmp_path):
     prepare({"train": make_images(40, seed=5), "test": make_images(10, seed=6)}, tuple(CLASSES), tmp_path, 10, 0, 0)
     np.save(tmp_path / "valid.npy", np.zeros((3, 1, 12, 12), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"valid\.npy: uint8 \(3, 1, 12, 12\) does not hold the 10 images.*prepare"):
-        load_split(tmp_path, "valid")
+        decode_all(split_files(tmp_path, "valid"))

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from foldwise.data.download import DownloadError, download
-from foldwise.data.layout import load_split
 from foldwise.data.prepare import prepare
 from foldwise.data.sources import CIFAR_BATCHES, SOURCES, load_raw
-from tests.conftest import write_idx
+from tests.conftest import read_split, write_idx
 
 PER_CLASS = 6  # images per class and source split
 
@@ -90,7 +89,7 @@ def test_source_downloads_over_http_and_prepares(name, tmp_path, http_mirror):
     assert set(manifest["split"]) == {"train", "valid", "test"}
     assert set(manifest["class"]) == set(entry.classes)
     for split in ("train", "valid", "test"):
-        loaded = load_split(tmp_path / "prepared", split)
+        loaded = read_split(tmp_path / "prepared", split)
         encoded = np.rint(loaded.images[:, 0, 0, 0].numpy() / facts["label_scale"]).astype(int)
         assert np.array_equal(encoded, loaded.labels.numpy()), f"{split}: labels do not match the images"
 

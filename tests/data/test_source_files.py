@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from foldwise.data.download import DownloadError, copy_user_data, download, fetch_file
-from foldwise.data.layout import load_split
 from foldwise.data.prepare import REPORT, prepare
 from foldwise.data.sources import SOURCES, load_raw
-from tests.conftest import jpeg_bytes, write_zip
+from tests.conftest import jpeg_bytes, read_split, write_zip
 
 PER_CLASS = 10
 BRIGHTNESS = {"cat": 50, "dog": 200}
@@ -44,7 +43,7 @@ def kaggle_train() -> dict[str, bytes]:
 
 def check_brightness(prepared, classes) -> None:
     for split in ("train", "valid", "test"):
-        images = load_split(prepared, split)
+        images = read_split(prepared, split)
         means = images.images.float().mean(dim=(1, 2, 3)).numpy()
         expected = np.array([BRIGHTNESS[classes[i]] for i in images.labels.numpy()])
         assert np.all(np.abs(means - expected) < 40), f"{split}: labels do not match the images"

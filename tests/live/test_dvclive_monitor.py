@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.live.dvclive_monitor import DvcLiveMonitor
 from foldwise.live.monitors import monitor_from_env
@@ -68,15 +69,15 @@ def test_resumed_crossval_writes_the_same_files_as_an_uninterrupted_one(dvc_proj
 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, epochs=3)
-    run_crossval((x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "whole", ("variant",)))
+    run_crossval(Preloaded(x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "whole", ("variant",)))
     with pytest.raises(Interrupted):
-        run_crossval((x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "resumed", ("variant",)),
+        run_crossval(Preloaded(x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "resumed", ("variant",)),
                      checkpoints=Killed("crossval", "k", dvc_project / "ckpt", n=6))
     # DVC deletes a stage's outputs before it runs again: the resumed run starts from empty files
     import shutil
 
     shutil.rmtree(dvc_project / "resumed")
-    run_crossval((x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "resumed", ("variant",)),
+    run_crossval(Preloaded(x, tiny_set.labels), 3, p, DvcLiveMonitor(dvc_project / "resumed", ("variant",)),
                  checkpoints=Checkpoints("crossval", "k", dvc_project / "ckpt"))
     files = sorted(f.relative_to(dvc_project / "whole") for f in (dvc_project / "whole").rglob("*.*"))
     assert len(files) == 1 + len(p.variants) * 5

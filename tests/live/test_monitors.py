@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.live.monitors import env_name, monitor_from_env, parse_every, server_url
 from foldwise.live.visdom_monitor import VisdomMonitor, run_label
@@ -82,7 +83,7 @@ def train_with(monitor: Monitor, tiny_set, tiny_stats, tiny_params):
     model = build_model((1, 12, 12), 3, tiny_params)
     monitor.start({"stage": "crossval", "params": tiny_params.to_dict(), "device": "cpu",
                    "classes": ["a", "b", "c"], "total_epochs": tiny_params.epochs})
-    result = fit(model, (x[:60], tiny_set.labels[:60]), (x[60:], tiny_set.labels[60:]), tiny_params, seed=1,
+    result = fit(model, Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:]), tiny_params, seed=1,
                  monitor=monitor, tags={"variant": "baseline", "fold": 0})
     monitor.close()
     return result

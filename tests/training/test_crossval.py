@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.reporting.cvstats import paired_test, summarize
 from foldwise.training.crossval import make_folds, run_crossval
@@ -44,7 +45,7 @@ def test_too_few_images_per_class_is_explained():
 
 def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, tiny_stats, tiny_params):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    result = run_crossval((x, tiny_set.labels), 3, tiny_params)
+    result = run_crossval(Preloaded(x, tiny_set.labels), 3, tiny_params)
     p = tiny_params
     assert list(result.folds.columns) == [
         "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
@@ -70,7 +71,7 @@ def test_a_variant_identical_to_baseline_gives_identical_runs(tiny_set, tiny_sta
     (accuracies alone are no proof: on easy data they all reach 1.0)."""
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     twin = dataclasses.replace(tiny_params, variants={"baseline": {}, "twin": {}})
-    history = run_crossval((x, tiny_set.labels), 3, twin).history.drop(columns="seconds")
+    history = run_crossval(Preloaded(x, tiny_set.labels), 3, twin).history.drop(columns="seconds")
     base = history[history.variant == "baseline"].drop(columns="variant").reset_index(drop=True)
     same = history[history.variant == "twin"].drop(columns="variant").reset_index(drop=True)
     pd.testing.assert_frame_equal(base, same)
@@ -127,11 +128,11 @@ def test_only_compared_variants_run_and_combinations_merge(tiny_set, tiny_stats,
     """``l2+dropout`` runs exactly as a variant spelling out both changes would."""
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2+dropout"))
-    result = run_crossval((x, tiny_set.labels), 3, p)
+    result = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
     assert list(dict.fromkeys(result.folds["variant"])) == ["baseline", "l2+dropout"]
     spelled = dataclasses.replace(p, variants={**p.variants, "both": {"weight_decay": 0.01, "dropout": 0.3}},
                                   compare=("baseline", "both"))
-    both = run_crossval((x, tiny_set.labels), 3, spelled)
+    both = run_crossval(Preloaded(x, tiny_set.labels), 3, spelled)
     merged = result.history.drop(columns=["seconds", "variant"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(merged, both.history.drop(columns=["seconds", "variant"]).reset_index(drop=True))
     assert result.summary["variants"]["l2+dropout"] == both.summary["variants"]["both"]
@@ -143,11 +144,11 @@ def test_bad_variant_fails_before_any_training(tiny_set, tiny_stats, tiny_params
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "big": {"model": "vgg99"}})
     with pytest.raises(KeyError, match="unknown model 'vgg99'"):
-        run_crossval((x, tiny_set.labels), 3, p, monitor=None)
+        run_crossval(Preloaded(x, tiny_set.labels), 3, p, monitor=None)
     p = dataclasses.replace(tiny_params, variants={**tiny_params.variants, "aug": {"augment": True,
                                                                                    "augment_padding": 12}})
     with pytest.raises(ValueError, match="augment_padding: 12 is too large for 12x12 images; valid: 0 to 11"):
-        run_crossval((x, tiny_set.labels), 3, p)
+        run_crossval(Preloaded(x, tiny_set.labels), 3, p)
 
 
 def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tiny_stats, tiny_params, capsys):
@@ -155,12 +156,12 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     # dropout and augmentation draw random numbers: resuming must restore every generator
     p = dataclasses.replace(tiny_params, epochs=3, variants={"baseline": {}, "dropout": {"dropout": 0.3},
                                                              "augment": {"augment": True}})
-    whole = run_crossval((x, tiny_set.labels), 3, p)
+    whole = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
     with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
-        run_crossval((x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
+        run_crossval(Preloaded(x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
     capsys.readouterr()
     seen = Recorder()
-    resumed = run_crossval((x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    resumed = run_crossval(Preloaded(x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
     err = capsys.readouterr().err
     assert "resuming dropout fold 0 after epoch 2\n" in err and err.count("resuming") == 1  # finished runs: done
     # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
@@ -219,5 +220,5 @@ def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, 
     for name, claim in claims.items():
         assert claim(p.for_variant(name)), name
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    result = run_crossval((x, tiny_set.labels), 3, p)
+    result = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
     assert list(result.summary["variants"]) == list(p.variants)

@@ -22,7 +22,7 @@ from tests.conftest import RecordingSource
 
 def data(tiny_set, tiny_stats):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    return (x[:60], tiny_set.labels[:60]), (x[60:], tiny_set.labels[60:])
+    return Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:])
 
 
 def test_choose_device():
@@ -211,7 +211,7 @@ def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_p
     """A softmax model with a learning rate too small to learn: the train loss is the loss of the
     batches it saw. Without augmentation it equals the evaluation loss; with it, it does not."""
     train, _ = data(tiny_set, tiny_stats)
-    source = Preloaded(*train)
+    source = train
     losses = {}
     for augment in (False, True):
         p = dataclasses.replace(tiny_params, model="softmax", augment=augment, augment_padding=3, lr=1e-12,
@@ -240,12 +240,12 @@ def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained
     p = sgd_params(tiny_params, lr=0.0, batch_size=16)
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
-    source = RecordingSource(*train)
+    source = RecordingSource(train.x, train.labels)
     loss, acc = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
     assert [len(y) for _, y in source.seen] == [16, 16, 16, 12]
     x, y = torch.cat([b[0] for b in source.seen]), torch.cat([b[1] for b in source.seen])
     order = source.orders[0]
-    assert sorted(order.tolist()) == list(range(60)) and torch.equal(x, train[0][order])  # every image once
+    assert sorted(order.tolist()) == list(range(60)) and torch.equal(x, train.x[order])  # every image once
     with torch.no_grad():
         logits = model(x)
     assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
@@ -277,7 +277,7 @@ def test_two_steps_of_train_one_epoch_equal_two_sgd_updates_by_hand(tiny_set, ti
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
     by_hand = copy.deepcopy(model)
-    source = RecordingSource(*train)
+    source = RecordingSource(train.x, train.labels)
     loss, acc = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
     assert len(source.seen) == 2
     losses, correct = [], 0
@@ -308,10 +308,10 @@ def test_predict_runs_in_eval_mode(tiny_set, tiny_stats, tiny_params):
     model = build_model((1, 12, 12), 3, p)
     train_one_epoch(model, train, make_optimizer(model, p), p, torch.Generator().manual_seed(0))  # BN statistics
     model.train()  # as fit leaves it after an epoch
-    logits = predict(model, valid[0])
+    logits = predict(model, Preloaded(valid.x))
     with torch.no_grad():
-        expected = model.eval()(valid[0])
-        in_train_mode = model.train()(valid[0])
+        expected = model.eval()(valid.x)
+        in_train_mode = model.train()(valid.x)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(in_train_mode, expected, atol=1e-3)  # the check can tell the two apart
 
@@ -325,16 +325,16 @@ def test_fit_validates_unaugmented_images_in_eval_mode(tiny_set, tiny_stats, tin
     states = []
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
-    source = RecordingSource(*valid)
+    source = RecordingSource(valid.x, valid.labels)
     result = fit(model, train, source, p, seed=0, checkpoint=lambda s: states.append(copy.deepcopy(s["model"])))
-    assert not source.trained and all(torch.equal(x, valid[0][: len(x)]) for x, _ in source.seen[:1])
+    assert not source.trained and all(torch.equal(x, valid.x[: len(x)]) for x, _ in source.seen[:1])
     for row, state in zip(result.history, states, strict=True):
         check = build_model((1, 12, 12), 3, p)
         check.load_state_dict(state)
         with torch.no_grad():
-            logits = check.eval()(valid[0])
-        assert row["valid_loss"] == pytest.approx(F.cross_entropy(logits, valid[1]).item(), rel=1e-5)
-        assert row["valid_acc"] == pytest.approx((logits.argmax(1) == valid[1]).float().mean().item())
+            logits = check.eval()(valid.x)
+        assert row["valid_loss"] == pytest.approx(F.cross_entropy(logits, valid.labels).item(), rel=1e-5)
+        assert row["valid_acc"] == pytest.approx((logits.argmax(1) == valid.labels).float().mean().item())
 
 
 def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, tiny_stats, tiny_params):
@@ -391,8 +391,8 @@ def test_monitors_see_every_step_on_an_epoch_axis_and_every_epochs_predictions(t
         check = build_model((1, 12, 12), 3, p)
         check.load_state_dict(state)
         with torch.no_grad():
-            expected = check(valid[0]).argmax(1)
-        assert tags == {"fold": 1, "epoch": epoch} and torch.equal(labels, valid[1])
+            expected = check(valid.x).argmax(1)
+        assert tags == {"fold": 1, "epoch": epoch} and torch.equal(labels, valid.labels)
         assert torch.equal(predicted, expected)
     one_batch = Seen()  # an epoch of a single batch still ends at a whole epoch
     fit(build_model((1, 12, 12), 3, p), train, valid, dataclasses.replace(p, batch_size=64), seed=0,
@@ -443,7 +443,7 @@ def test_a_valid_loss_that_only_ties_is_no_improvement(tiny_params, epochs, ran,
     p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=epochs, patience=2)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(144, 3, bias=False))
-    zeros = (torch.zeros(20, 1, 12, 12), torch.arange(20) % 3)
+    zeros = Preloaded(torch.zeros(20, 1, 12, 12), torch.arange(20) % 3)
     result = fit(model, zeros, zeros, p, seed=0)
     assert [r["valid_loss"] for r in result.history] == pytest.approx([math.log(3)] * ran)
     assert result.best_epoch == 1 and result.bad_epochs == 2 and result.stopped_early is stopped

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import fit, seed_everything
@@ -45,7 +46,7 @@ class Broken(Monitor):
 
 def _data(tiny_set, tiny_stats):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    return (x[:60], tiny_set.labels[:60]), (x[60:], tiny_set.labels[60:])
+    return Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:])
 
 
 def test_fit_calls_every_hook_with_what_it_promises(tiny_set, tiny_stats, tiny_params):
@@ -100,7 +101,7 @@ def test_crossval_reports_each_finished_fold(tiny_set, tiny_stats, tiny_params):
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, compare=("baseline", "l2"), epochs=1)
     recorder = Recorder()
-    result = run_crossval((x, tiny_set.labels), 3, p, recorder)
+    result = run_crossval(Preloaded(x, tiny_set.labels), 3, p, recorder)
     assert [(r["variant"], r["fold"]) for r in recorder.folds] == \
         [(v, f) for v in ("baseline", "l2") for f in range(p.k_folds)]
     assert recorder.folds == result.folds.to_dict("records")

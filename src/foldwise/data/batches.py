@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,27 @@ def default_workers() -> int:
             raise ValueError(f"{WORKERS_ENV}={value!r} is not valid; use 0 (no workers) or a positive integer")
         return int(value)
     return min(4, os.cpu_count() or 1)
+
+
+class BatchSource(Protocol):
+    """What training and evaluation read a split from: ``Preloaded`` and ``Streamed`` are the two.
+
+    ``batches(order, size)`` yields (inputs, labels) on the device, in
+    ``order`` (indices; None = stored order); ``labels`` are all the labels at
+    once (None for unlabelled images); ``subset`` is the same source
+    restricted to some images (a fold).
+    """
+
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # C x H x W
+
+    def subset(self, idx: np.ndarray) -> "BatchSource": ...
+
+    def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, Any]]: ...
 
 
 class Preloaded:
@@ -62,17 +83,6 @@ class Preloaded:
             picks = order.to(self.x.device).split(size)
         for idx in picks:
             yield self.x[idx], None if self.labels is None else self.labels[idx]
-
-
-
-def as_batches(data: Any) -> Any:
-    """A batch source: ``Preloaded``/``Streamed`` as they are; an (x, y) pair or x wrapped."""
-    if isinstance(data, torch.Tensor):
-        return Preloaded(data)
-    if isinstance(data, tuple):
-        return Preloaded(*data)
-    return data
-
 
 
 class Streamed:

@@ -37,11 +37,6 @@ class DownloadError(UserError, RuntimeError):
     """No mirror gave a file whose checksum matches."""
 
 
-def content_md5(path: Path) -> str:
-    """md5 of the file's content, decompressed first when it is gzip (by magic bytes)."""
-    return file_md5s(path)[1]
-
-
 def file_md5s(path: Path) -> tuple[str, str]:
     """(md5 of the bytes on disk, md5 of the content: decompressed when gzip)."""
     raw = hashlib.md5()

@@ -47,7 +47,6 @@ def stats_tensors(stats: dict[str, Any], device: torch.device) -> tuple[torch.Te
     return mean, std
 
 
-
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` on the device of ``mean``.
 
@@ -57,7 +56,6 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
         raise ValueError(f"stats have {mean.shape[1]} channels, images have {images.shape[1]}")
     images = images.to(mean.device, non_blocking=images.device.type == "cpu")
     return ((images.float() / 255.0 - mean) / std).contiguous()
-
 
 
 def to_inputs(images: torch.Tensor, stats: dict[str, Any], device: torch.device) -> torch.Tensor:

@@ -22,14 +22,11 @@ import pandas as pd
 from PIL import Image
 
 from foldwise.data.images import SkipImage, Size, convert_array, decode
+from foldwise.data.layout import CLASSES, MANIFEST, PIXELS, SPLITS
 from foldwise.data.sources import FileImages, RawData, Splits
 
-SPLITS = ("train", "valid", "test")
-MANIFEST = "manifest.csv"
-CLASSES = "classes.json"
 REPORT = "report.json"  # images per split, skipped files per reason, empty classes
 SKIPPED = "skipped.csv"  # every skipped file and why
-PIXELS = "{split}.npy"  # a split's images as one uint8 N x C x H x W array, in manifest order
 PIXELS_MAX_BYTES = 1 << 30  # larger splits are only PNGs (streamed or decoded when needed)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from foldwise.core.params import Params
-from foldwise.data.batches import as_batches
+from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import summarize
 from foldwise.training.augment import check_augment
 from foldwise.training.engine import fit, seed_everything
@@ -51,16 +51,15 @@ class CVResult:
     summary: dict[str, Any]
 
 
-def run_crossval(data: Any, num_classes: int, p: Params, monitor: Monitor | None = None,
+def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monitor | None = None,
                  checkpoints: Checkpoints | None = None) -> CVResult:
-    """Train every compared variant on every fold of ``data`` (a batch source, or normalised (x, y)).
+    """Train every compared variant on every fold of ``data`` (a labelled batch source).
 
     Everything that can be wrong with the params (folds, model, weights file,
     augmentation) fails before the first epoch. With ``checkpoints``, runs
     finished before an interruption are not repeated and the interrupted run
     continues from its last epoch.
     """
-    data = as_batches(data)
     device = data.labels.device  # pragma: no mutate (CUDA only: on a CPU None is the same device)
     folds = make_folds(data.labels.cpu().numpy(), p.k_folds, p.seed)
     for variant in p.compared:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foldwise.core.params import Params
-from foldwise.data.batches import as_batches
+from foldwise.data.batches import BatchSource
 from foldwise.training.augment import Augmenter
 from foldwise.training.monitor import Monitor, NullMonitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
@@ -82,13 +82,13 @@ def _channels_last(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.Optimizer,
                     p: Params, generator: torch.Generator, schedule: Schedule | None = None,
                     augmenter: Augmenter | None = None,
                     on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
 
-    ``data`` is a batch source (see ``as_batches``); the shuffling order is
+    ``data`` is a batch source (``BatchSource``); the shuffling order is
     drawn here from a CPU generator, so every source and device sees the same
     batches. ``augmenter`` (training only) transforms each batch. The
     reported loss is the data term only, so runs with and without L1
@@ -98,7 +98,6 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
     choice, so no batch waits for the device here.
     """
     model.train()
-    data = as_batches(data)
     n = len(data)
     order = torch.randperm(n, generator=generator)
     if n > 1 and n % p.batch_size == 1:
@@ -132,10 +131,9 @@ def train_one_epoch(model: nn.Module, data: Any, optimizer: torch.optim.Optimize
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, data: Any) -> torch.Tensor:
-    """Float32 logits for every image of ``data`` (a batch source or a tensor), in eval mode, in large batches."""
+def predict(model: nn.Module, data: BatchSource) -> torch.Tensor:
+    """Float32 logits for every image of ``data``, in stored order, in eval mode, in large batches."""
     model.eval()
-    data = as_batches(data)
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
     nhwc = _channels_last(model)
@@ -148,25 +146,30 @@ def predict(model: nn.Module, data: Any) -> torch.Tensor:
 
 @dataclass
 class Evaluation:
-    """A model on a labelled set: mean cross-entropy, accuracy, and per image its predicted class and
-    that class's softmax probability (tensors on the model's device)."""
+    """A model on a labelled set: mean cross-entropy, accuracy, and per image its logits and predicted
+    class (tensors on the model's device)."""
 
     loss: float
     accuracy: float
+    logits: torch.Tensor
     predicted: torch.Tensor
-    confidence: torch.Tensor
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Per image, the predicted class's softmax probability: computed when asked for (the test set),
+        not for every epoch's validation."""
+        return F.softmax(self.logits, dim=1).gather(1, self.predicted[:, None])[:, 0]
 
 
-def evaluate(model: nn.Module, data: Any) -> Evaluation:
-    """``model`` on ``data`` (a batch source or an (x, y) pair) in eval mode: the one evaluation path of
+def evaluate(model: nn.Module, data: BatchSource) -> Evaluation:
+    """``model`` on ``data`` (labelled) in eval mode: the one evaluation path of
     validation in ``fit`` and of the test set."""
-    data = as_batches(data)
     logits = predict(model, data)
     labels = data.labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
-    confidence, predicted = F.softmax(logits, dim=1).max(1)
+    predicted = logits.argmax(1)
     acc = (predicted == labels).float().mean().item()
-    return Evaluation(loss, acc, predicted, confidence)
+    return Evaluation(loss, acc, logits, predicted)
 
 
 @dataclass
@@ -226,7 +229,7 @@ def _step_hook(monitor: Monitor, tags: dict[str, Any], done: int,
     return lambda step, loss, lr: monitor.on_step(tags, done + step / steps, loss, lr)
 
 
-def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor: Monitor | None = None,
+def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, seed: int, monitor: Monitor | None = None,
         tags: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
         checkpoint: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train for ``p.epochs`` (fewer when early stopping), validating after each epoch.
@@ -240,7 +243,6 @@ def fit(model: nn.Module, train: Any, valid: Any, p: Params, seed: int, monitor:
     """
     monitor = monitor or NullMonitor()
     tags = tags or {}
-    train, valid = as_batches(train), as_batches(valid)
     device = next(model.parameters()).device
     if _channels_last(model):
         model.to(memory_format=torch.channels_last)  # pragma: no mutate (layout: speed, not results)

@@ -13,7 +13,7 @@ from torch import nn
 
 from foldwise.core.outputs import atomic_file
 from foldwise.core.params import Params, parse_params
-from foldwise.data.batches import as_batches
+from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import explain_choice
 from foldwise.reporting.metrics import classification_metrics
 from foldwise.training.augment import check_augment
@@ -37,7 +37,7 @@ def resolve_variant(p: Params, cv_summary: dict[str, Any]) -> tuple[str, str, st
     return chosen, "crossval", explain_choice(cv_summary)
 
 
-def train_final(train: Any, valid: Any, num_classes: int, p: Params, variant: str,
+def train_final(train: BatchSource, valid: BatchSource, num_classes: int, p: Params, variant: str,
                 monitor: Monitor | None = None,
                 checkpoints: Checkpoints | None = None) -> tuple[nn.Module, FitResult]:
     """Train ``variant`` on train, validating on valid each epoch; return the best epoch's model.
@@ -47,7 +47,6 @@ def train_final(train: Any, valid: Any, num_classes: int, p: Params, variant: st
     its last finished epoch.
     """
     vp = p.for_variant(variant)
-    train, valid = as_batches(train), as_batches(valid)
     check_model(train.shape, num_classes, vp)
     check_augment(train.shape, vp)
     seed_everything(p.seed)
@@ -81,7 +80,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     return model.to(device).eval(), checkpoint
 
 
-def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: Any,
+def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: BatchSource,
                 classes: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
     """Test metrics, and one row per test image, in order: its index, true and predicted class
     names, and the predicted class's softmax probability (``confidence``).
@@ -90,7 +89,6 @@ def evaluate_on(model: nn.Module, checkpoint: dict[str, Any], test: Any,
     """
     if classes != checkpoint["classes"]:
         raise ValueError(f"test classes {classes} differ from the model's {checkpoint['classes']}")
-    test = as_batches(test)
     result = evaluate(model, test)
     predicted, actual = result.predicted.cpu().numpy(), test.labels.cpu().numpy()
     metrics = {"loss": round(result.loss, 6), **classification_metrics(actual, predicted, classes)}
