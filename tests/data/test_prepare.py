@@ -85,6 +85,17 @@ def test_sizes_too_large_are_explained():
         carve_split(np.arange(100) % 2, 1, 0, "test_size")
 
 
+def test_a_fraction_carves_the_nearest_count_and_the_same_images_as_that_count():
+    labels = np.arange(60_000) % 10
+    rest, valid = carve_split(labels, 0.16667, 0)  # scikit-learn alone would take ceil(10000.2) = 10001
+    assert len(valid) == 10_000 and len(rest) == 50_000
+    assert np.array_equal(valid, carve_split(labels, 10_000, 0)[1])
+    assert len(carve_split(np.arange(90) % 3, 0.25, 0)[1]) == 23  # 22.5: a half rounds up
+    assert len(carve_split(np.arange(1438) % 10, 0.16667, 0)[1]) == 240  # digits' train pool
+    with pytest.raises(ValueError, match=r"^valid_size=0\.001 carves no image out of 100; use a larger fraction"):
+        carve_split(np.arange(100) % 2, 0.001, 0)
+
+
 def test_a_source_without_test_split_gets_one_carved_out(tmp_path, splits):
     manifest = prepare({"train": splits["train"]}, tuple(CLASSES), tmp_path, 0.25, 0, seed=0, test_size=30)
     assert manifest.groupby("split").size().to_dict() == {"test": 30, "train": 67, "valid": 23}

@@ -83,14 +83,16 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_whole_pipeline_on_digits_needs_no_network(tmp_path):
+def test_one_set_switches_to_digits_and_needs_no_network(tmp_path):
+    """README's `dvc exp run -S dataset=digits`, as written: the defaults fit every dataset."""
     make_clone(tmp_path)
-    set_params(tmp_path / "params.yaml", {"dataset": "digits", "valid_size": "0.15", "batch_size": "64",
-                                          "epochs": "4", "k_folds": "2"})
-    out = run(tmp_path, "dvc", "repro").stdout
+    out = run(tmp_path, "dvc", "exp", "run", "-S", "dataset=digits").stdout
     assert ran_stages(out) == ALL_STAGES
     manifest = (tmp_path / "data/prepared/manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 1797  # every image in exactly one split
+    splits = [line.rsplit(",", 3)[1] for line in manifest[1:]]
+    # test_size 0.2 of 1,797 is 359; valid_size 1/6 of the remaining 1,438 is 240 (to the nearest image)
+    assert {s: splits.count(s) for s in set(splits)} == {"train": 1198, "valid": 240, "test": 359}
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert json.loads((tmp_path / "reports/evaluate/provenance.json").read_text())["dataset"] == "digits"
     assert metrics["test"]["accuracy"] > 0.8

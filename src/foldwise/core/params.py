@@ -41,7 +41,7 @@ class Params:
 
     # data
     dataset: str = "fashion-mnist"
-    valid_size: float = 10000  # int = images, float in (0, 1) = fraction of train
+    valid_size: float = 0.16667  # float in (0, 1) = fraction of train (to the nearest image), int = images
     test_size: float = 0.2  # sources without a test split: int = images, float = fraction
     max_images_per_split: int = 0  # 0 = all; >0 = stratified subset per split
     seed: int = 42

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -53,18 +54,24 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 def carve_split(labels: np.ndarray, size: float, seed: int, key: str = "valid_size") -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded indices of (rest, carved); ``size`` int = count, float = fraction.
 
-    ``key`` names the param in errors.
+    A fraction rounds to the nearest image (1/6 of 60,000 is 10,000 exactly,
+    where scikit-learn's own rounding would take 10,001 for 0.16667), and the
+    count is what scikit-learn splits, so a fraction and its count carve the
+    same images. ``key`` names the param in errors.
     """
     n = len(labels)
-    if isinstance(size, int) and size >= n:
+    count = size if isinstance(size, int) else math.floor(size * n + 0.5)  # a half rounds up
+    if count >= n:
         raise ValueError(
             f"{key}={size} leaves no training images: the set it is carved from has {n}; "
             f"use a smaller count or a fraction such as 0.2"
         )
+    if count < 1:
+        raise ValueError(f"{key}={size} carves no image out of {n}; use a larger fraction or a count >= 1")
     from sklearn.model_selection import train_test_split
 
     try:
-        rest, carved = train_test_split(np.arange(n), test_size=size, stratify=labels, random_state=seed)
+        rest, carved = train_test_split(np.arange(n), test_size=count, stratify=labels, random_state=seed)
     except ValueError as exc:  # e.g. fewer images than classes in the carved part
         raise ValueError(f"{key}={size} cannot be split stratified from {n} images: {exc}") from None
     return np.sort(rest), np.sort(carved)
