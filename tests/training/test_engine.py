@@ -13,7 +13,7 @@ from torch import nn
 from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.training.augment import Augmenter
-from foldwise.training.engine import choose_device, evaluate, fit, predict, seed_everything, train_one_epoch
+from foldwise.training.engine import FitResult, choose_device, evaluate, fit, predict, seed_everything, train_one_epoch
 from foldwise.training.models import build_model
 from foldwise.training.monitor import Monitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
@@ -430,10 +430,37 @@ def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_b
     assert len(result.history) == 12 and not result.restored_best and result.final == result.history[-1]
     assert evaluate(model, valid).loss == pytest.approx(result.history[-1]["valid_loss"], rel=1e-5)
     seed_everything(0)
-    result = fit(build_model((1, 12, 12), 3, p), train, valid, dataclasses.replace(p, patience=1), seed=0)
+    model = build_model((1, 12, 12), 3, p)
+    result = fit(model, train, valid, dataclasses.replace(p, patience=1), seed=0)
     losses = [r["valid_loss"] for r in result.history]
     assert result.stopped_early and len(losses) == result.best_epoch + 1 < 12
     assert losses[-1] >= min(losses[:-1])
+    # patience 1 is early stopping too: the model ends with the best epoch's weights, not the last's
+    assert result.restored_best and result.final == result.history[result.best_epoch - 1]
+    assert evaluate(model, valid).loss == pytest.approx(min(losses), rel=1e-5) != pytest.approx(losses[-1])
+
+
+@pytest.mark.parametrize("patience, best", [(0, 2), (3, 1)])
+def test_the_best_epoch_is_the_highest_accuracy_without_early_stopping_else_the_lowest_loss(patience, best, tiny_params):
+    """Epoch 2 has the higher accuracy, epoch 1 the lower loss: which one is best depends on patience."""
+    p = dataclasses.replace(tiny_params, epochs=3, patience=patience)
+    model = nn.Linear(2, 2)
+    result = FitResult()
+    result.add_epoch({"epoch": 1, "valid_loss": 0.5, "valid_acc": 0.70}, model, p)
+    result.add_epoch({"epoch": 2, "valid_loss": 0.6, "valid_acc": 0.80}, model, p)
+    assert result.best_epoch == best and result.bad_epochs == 2 - best
+    assert result.best_value == (0.80 if patience == 0 else 0.5)
+
+
+def test_evaluate_gives_each_images_predicted_class_and_its_softmax_probability(tiny_set, tiny_stats, tiny_params):
+    _, valid = data(tiny_set, tiny_stats)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, tiny_params)
+    result = evaluate(model, valid)
+    probabilities = F.softmax(predict(model, valid), 1)
+    assert torch.equal(result.predicted, probabilities.argmax(1))
+    torch.testing.assert_close(result.confidence, probabilities.max(1).values)
+    assert result.accuracy == pytest.approx((result.predicted == valid.labels).float().mean().item())
 
 
 @pytest.mark.parametrize("epochs, ran, stopped", [(5, 3, True), (3, 3, False)])
