@@ -35,7 +35,7 @@ test: $(STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
-quick: $(STAMP)
+quick: $(STAMP) $(PLOTS_TEMPLATE)
 	$(BIN)/pytest -q -m "not e2e and not slow"
 
 # Mutation testing of the modules that decide results (25 to 50 minutes; not in CI): benchmarks/mutation.md
