@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--skip-pipeline", action="store_true", help="only the in-process benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "README.md")
     args = parser.parse_args()
+    started = time.monotonic()
     epochs = 2 if args.quick else args.epochs
     device = choose_device()
     p = load_params(ROOT / "params.yaml")
@@ -188,7 +190,7 @@ def main() -> None:
         "# Benchmarks", "",
         f"Written by `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`"
         f"{' (reduced mode: timings mean nothing)' if args.quick else ''}: every figure in this file comes "
-        "from that one run; run it again to regenerate the file (15-25 minutes on 2 cores). "
+        "from that one run ({elapsed}); run it again to regenerate the file. "
         "This machine's speed drifts from day to day, so compare paths by the ratios measured side by side "
         "in one run, not by absolute times across runs.", "",
         *OTHER_BENCHMARKS, "",
@@ -237,7 +239,8 @@ def main() -> None:
         "differently).", "",
         targets_markdown(results, reached, run, factor), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(sections))
+    elapsed = f"{(time.monotonic() - started) / 60:.0f} minutes on this machine"
+    args.out.write_text("\n".join(sections).replace("{elapsed}", elapsed, 1))
     print(f"\nwrote {args.out}")
 
 

@@ -31,6 +31,7 @@ def test_quick_benchmark_writes_every_table(tmp_path):
                    check=True, timeout=1200)
     text = out.read_text()
     assert "Machine: " in text and "cores" in text
+    assert re.search(r"from that one run \(\d+ minutes on this machine\)", text)  # its own time, measured
     rows = {(m[0], m[2]): m for m in ROW.findall(text)}
     assert set(rows) == {(name, path) for name in CONFIGS for path in "abc"}
     for (name, path), (_, batch, _, seconds, fastest, slowest, per_second, data, _, acc, ratio) in rows.items():
