@@ -18,6 +18,7 @@ import torch
 from foldwise.core.params import Params
 from foldwise.data.batches import Preloaded
 from foldwise.data.layout import decode_all, read_classes, split_files
+from foldwise.data.normalize import to_inputs
 from foldwise.training.resume import Checkpoints
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "foldwise"
@@ -51,6 +52,12 @@ class ImageSet:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+
+
+def train_valid(images: ImageSet, stats: dict) -> tuple[Preloaded, Preloaded]:
+    """``images`` normalised on the CPU as two batch sources: the first 60 (train) and the rest (valid)."""
+    x = to_inputs(images.images, stats, torch.device("cpu"))
+    return Preloaded(x[:60], images.labels[:60]), Preloaded(x[60:], images.labels[60:])
 
 
 def read_split(prepared_dir: Path, split: str) -> ImageSet:

@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from foldwise.data.batches import Preloaded
-from foldwise.data.normalize import to_inputs
 from foldwise.live.monitors import env_name, monitor_from_env, parse_every, server_url
 from foldwise.live.visdom_monitor import VisdomMonitor, run_label
 from foldwise.reporting.figures import examples_grid
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
 from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
+from tests.conftest import train_valid
 
 
 def refused_url() -> str:
@@ -78,12 +77,12 @@ def points(log: list[tuple[str, dict]], win: str) -> dict[str, int]:
 
 
 def train_with(monitor: Monitor, tiny_set, tiny_stats, tiny_params):
-    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    train, valid = train_valid(tiny_set, tiny_stats)
     seed_everything(1)
     model = build_model((1, 12, 12), 3, tiny_params)
     monitor.start({"stage": "crossval", "params": tiny_params.to_dict(), "device": "cpu",
                    "classes": ["a", "b", "c"], "total_epochs": tiny_params.epochs})
-    result = fit(model, Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:]), tiny_params, seed=1,
+    result = fit(model, train, valid, tiny_params, seed=1,
                  monitor=monitor, tags={"variant": "baseline", "fold": 0})
     monitor.close()
     return result

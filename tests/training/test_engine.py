@@ -11,18 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from foldwise.data.batches import Preloaded
-from foldwise.data.normalize import to_inputs
 from foldwise.training.augment import Augmenter
 from foldwise.training.engine import FitResult, choose_device, evaluate, fit, predict, seed_everything, train_one_epoch
 from foldwise.training.models import build_model
 from foldwise.training.monitor import Monitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
-from tests.conftest import RecordingSource
-
-
-def data(tiny_set, tiny_stats):
-    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    return Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:])
+from tests.conftest import RecordingSource, train_valid
 
 
 def test_choose_device():
@@ -68,7 +62,7 @@ def test_seed_everything_repeats_pythons_numpys_and_torchs_global_draws_and_asks
 
 
 def test_fit_learns_and_is_deterministic(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=4)
     runs = []
     for _ in range(2):
@@ -86,7 +80,7 @@ def test_fit_learns_and_is_deterministic(tiny_set, tiny_stats, tiny_params):
 
 
 def test_fit_keeps_the_best_epochs_weights(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=5, lr=0.5, optimizer="sgd", scheduler="none")  # noisy on purpose
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
@@ -160,7 +154,7 @@ def test_warmup_rises_linearly_from_a_hundredth(tiny_params, name):
 
 
 def test_step_lr_decays_between_epochs_in_fit(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, optimizer="sgd", scheduler="step", step_size=1, gamma=0.5, lr=0.1, epochs=3)
     result = fit(build_model((1, 12, 12), 3, p), train, valid, p, seed=0)
     assert [r["lr"] for r in result.history] == pytest.approx([0.1, 0.05, 0.025])
@@ -168,7 +162,7 @@ def test_step_lr_decays_between_epochs_in_fit(tiny_set, tiny_stats, tiny_params)
 
 def test_l1_term_is_in_the_loss(tiny_set, tiny_stats, tiny_params):
     """One plain SGD step on one batch: the L1 run moves every weight by lr x l1 x sign(w) more."""
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     after = []
     for l1 in (0.0, 0.01):
         p = dataclasses.replace(tiny_params, model="softmax", l1=l1, epochs=1, batch_size=60, optimizer="sgd",
@@ -187,14 +181,14 @@ def test_a_broken_monitor_never_stops_training(tiny_set, tiny_stats, tiny_params
         def on_epoch_end(self, row):
             raise ConnectionError("server gone")
 
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     result = fit(build_model((1, 12, 12), 3, tiny_params), train, valid, tiny_params, seed=0, monitor=Broken())
     assert len(result.history) == tiny_params.epochs
     assert "server gone" in capsys.readouterr().err
 
 
 def test_early_stopping_stops_and_restores_the_best_weights(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     # a learning rate far too high makes the valid loss bounce: early stopping must step in
     p = dataclasses.replace(tiny_params, epochs=12, lr=2.0, optimizer="sgd", scheduler="none", patience=2)
     seed_everything(0)
@@ -210,7 +204,7 @@ def test_early_stopping_stops_and_restores_the_best_weights(tiny_set, tiny_stats
 def test_augmentation_touches_training_batches_only(tiny_set, tiny_stats, tiny_params):
     """A softmax model with a learning rate too small to learn: the train loss is the loss of the
     batches it saw. Without augmentation it equals the evaluation loss; with it, it does not."""
-    train, _ = data(tiny_set, tiny_stats)
+    train, _ = train_valid(tiny_set, tiny_stats)
     source = train
     losses = {}
     for augment in (False, True):
@@ -236,7 +230,7 @@ def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained
                                                                                    tiny_params):
     """lr 0 keeps the weights fixed, so the epoch's loss and accuracy must equal those of the fixed model
     over all 60 images; the batches (16, 16, 16, 12) weigh by their size."""
-    train, _ = data(tiny_set, tiny_stats)
+    train, _ = train_valid(tiny_set, tiny_stats)
     p = sgd_params(tiny_params, lr=0.0, batch_size=16)
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
@@ -272,7 +266,7 @@ def test_only_a_trailing_batch_of_one_image_is_dropped(tiny_params, n, sizes):
 def test_two_steps_of_train_one_epoch_equal_two_sgd_updates_by_hand(tiny_set, tiny_stats, tiny_params):
     """w1 = w0 - lr * grad(batch 1 at w0), w2 = w1 - lr * grad(batch 2 at w1): gradients must not pile up
     from one batch to the next (zero_grad), and the reported loss is that of the weights each batch met."""
-    train, _ = data(tiny_set, tiny_stats)
+    train, _ = train_valid(tiny_set, tiny_stats)
     p = sgd_params(tiny_params, lr=0.5, batch_size=30)
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
@@ -302,7 +296,7 @@ def dropout_batchnorm_params(tiny_params):
 
 
 def test_predict_runs_in_eval_mode(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dropout_batchnorm_params(tiny_params)
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
@@ -319,7 +313,7 @@ def test_predict_runs_in_eval_mode(tiny_set, tiny_stats, tiny_params):
 def test_fit_validates_unaugmented_images_in_eval_mode(tiny_set, tiny_stats, tiny_params):
     """Every epoch's valid loss and accuracy equal a plain eval-mode pass over the untouched valid
     images with that epoch's weights (from its checkpoint), even with augmentation, dropout and BN."""
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(dropout_batchnorm_params(tiny_params), epochs=3, augment=True, augment_padding=3,
                             augment_flip=True)
     states = []
@@ -338,7 +332,7 @@ def test_fit_validates_unaugmented_images_in_eval_mode(tiny_set, tiny_stats, tin
 
 
 def test_fit_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=4, dropout=0.3, augment=True, scheduler="onecycle")
     states = []
     seed_everything(3)
@@ -375,7 +369,7 @@ class Seen(Monitor):
 
 
 def test_monitors_see_every_step_on_an_epoch_axis_and_every_epochs_predictions(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = sgd_params(tiny_params, lr=0.1, batch_size=16, epochs=2)
     seen, states = Seen(), []
     seed_everything(0)
@@ -403,7 +397,7 @@ def test_monitors_see_every_step_on_an_epoch_axis_and_every_epochs_predictions(t
 def test_fit_shuffles_from_its_seed_alone_and_augments_only_when_asked(tiny_set, tiny_stats, tiny_params):
     """Same seed, same run whatever the global random state; another seed, other batches. Augmentation
     changes the training batches only when ``augment`` is on."""
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
 
     def losses(p, seed, global_seed):
         torch.manual_seed(0)
@@ -422,7 +416,7 @@ def test_fit_shuffles_from_its_seed_alone_and_augments_only_when_asked(tiny_set,
 
 def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_bad_epoch(tiny_set, tiny_stats,
                                                                                          tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=12, lr=2.0, optimizer="sgd", scheduler="none")  # bouncing
     seed_everything(0)
     model = build_model((1, 12, 12), 3, p)
@@ -437,7 +431,8 @@ def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_b
     assert losses[-1] >= min(losses[:-1])
     # patience 1 is early stopping too: the model ends with the best epoch's weights, not the last's
     assert result.restored_best and result.final == result.history[result.best_epoch - 1]
-    assert evaluate(model, valid).loss == pytest.approx(min(losses), rel=1e-5) != pytest.approx(losses[-1])
+    assert evaluate(model, valid).loss == pytest.approx(min(losses), rel=1e-5)
+    assert losses[-1] != pytest.approx(min(losses), rel=1e-5)  # the last epoch's weights would fail the line above
 
 
 @pytest.mark.parametrize("patience, best", [(0, 2), (3, 1)])
@@ -453,7 +448,7 @@ def test_the_best_epoch_is_the_highest_accuracy_without_early_stopping_else_the_
 
 
 def test_evaluate_gives_each_images_predicted_class_and_its_softmax_probability(tiny_set, tiny_stats, tiny_params):
-    _, valid = data(tiny_set, tiny_stats)
+    _, valid = train_valid(tiny_set, tiny_stats)
     seed_everything(0)
     model = build_model((1, 12, 12), 3, tiny_params)
     result = evaluate(model, valid)
@@ -477,7 +472,7 @@ def test_a_valid_loss_that_only_ties_is_no_improvement(tiny_params, epochs, ran,
 
 
 def test_plateau_in_fit_follows_torch_on_the_valid_losses_it_saw(tiny_set, tiny_stats, tiny_params):
-    train, valid = data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=8, lr=2.0, optimizer="sgd", scheduler="plateau", plateau_patience=0,
                             gamma=0.5)
     seed_everything(0)

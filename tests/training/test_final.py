@@ -4,16 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from foldwise.data.batches import Preloaded
-from foldwise.data.normalize import to_inputs
 from foldwise.training.engine import predict
 from foldwise.training.final import evaluate_on, load_checkpoint, resolve_variant, save_checkpoint, train_final
-
-
-def split(tiny_set, stats):
-    """Train and valid batch sources, preloaded on the CPU."""
-    part = lambda s: Preloaded(to_inputs(tiny_set.images[s], stats, torch.device("cpu")), tiny_set.labels[s])
-    return part(slice(0, 60)), part(slice(60, 90))
+from tests.conftest import train_valid
 
 
 def test_resolve_variant(tiny_params):
@@ -32,7 +25,7 @@ def test_resolve_variant(tiny_params):
 
 
 def test_train_save_load_evaluate(tmp_path, tiny_set, tiny_stats, tiny_params):
-    train, valid = split(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     cpu = torch.device("cpu")
     model, result = train_final(train, valid, 3, tiny_params, "dropout")
     assert len(result.history) == tiny_params.epochs and result.history[0]["variant"] == "dropout"
@@ -52,7 +45,7 @@ def test_train_save_load_evaluate(tmp_path, tiny_set, tiny_stats, tiny_params):
 
 
 def test_evaluate_rejects_other_classes(tmp_path, tiny_set, tiny_stats, tiny_params):
-    train, valid = split(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     model, _ = train_final(train, valid, 3, dataclasses.replace(tiny_params, epochs=1), "baseline")
     save_checkpoint(tmp_path / "m.pt", model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
@@ -64,7 +57,7 @@ def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set
     from foldwise.training.resume import Checkpoints
     from tests.conftest import Interrupted, Killed
 
-    train, valid = split(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     p = dataclasses.replace(tiny_params, epochs=3)
     whole, whole_result = train_final(train, valid, 3, p, "dropout")
     with pytest.raises(Interrupted):  # killed after the first epoch's checkpoint

@@ -12,6 +12,7 @@ from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
 from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
+from tests.conftest import train_valid
 
 
 class Recorder(Monitor):
@@ -44,13 +45,8 @@ class Broken(Monitor):
         raise RuntimeError("epoch hook bug")
 
 
-def _data(tiny_set, tiny_stats):
-    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
-    return Preloaded(x[:60], tiny_set.labels[:60]), Preloaded(x[60:], tiny_set.labels[60:])
-
-
 def test_fit_calls_every_hook_with_what_it_promises(tiny_set, tiny_stats, tiny_params):
-    train, valid = _data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     recorder = Recorder()
     model = build_model((1, 12, 12), 3, tiny_params)
     result = fit(model, train, valid, tiny_params, seed=1, monitor=recorder, tags={"variant": "baseline"})
@@ -68,7 +64,7 @@ def test_fit_calls_every_hook_with_what_it_promises(tiny_set, tiny_stats, tiny_p
 
 
 def test_a_failing_monitor_warns_once_and_training_is_unchanged(tiny_set, tiny_stats, tiny_params, capfd):
-    train, valid = _data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     seed_everything(1)
     plain = fit(build_model((1, 12, 12), 3, tiny_params), train, valid, tiny_params, seed=1)
     capfd.readouterr()
@@ -90,7 +86,7 @@ def test_monitors_forward_steps_only_to_monitors_that_want_them(tiny_set, tiny_s
     both = Monitors(ConsoleMonitor(), quiet, loud)
     assert both.wants_steps and both.wants_predictions
     assert not Monitors(ConsoleMonitor(), quiet).wants_steps  # fit then skips the per-batch call entirely
-    train, valid = _data(tiny_set, tiny_stats)
+    train, valid = train_valid(tiny_set, tiny_stats)
     fit(build_model((1, 12, 12), 3, tiny_params), train, valid, tiny_params, seed=1, monitor=both)
     assert quiet.steps == [] and quiet.predictions == [] and len(quiet.rows) == tiny_params.epochs
     assert len(loud.steps) > 0 and len(loud.predictions) == tiny_params.epochs
