@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json, write_text
 from foldwise.core.params import load_params
 from foldwise.data.batches import open_split
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--summary", required=True, help="JSON: the full statistics (CIs, differences, epochs)")
     parser.add_argument("--table", required=True, help="Markdown: the CV table, the choice and why")
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("history", "folds", "metrics", "summary", "table"))
     p = load_params()
     device = choose_device()
     stats = json.loads(Path(args.stats).read_text())

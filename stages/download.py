@@ -7,7 +7,7 @@ instead, so DVC versions exactly what was trained on.
 import argparse
 import os
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import atomic_dir
 from foldwise.core.params import load_params
 from foldwise.data.download import copy_user_data, download, given_user_data
@@ -17,7 +17,7 @@ from foldwise.data.sources import get_source
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="folder for the raw files (data/raw)")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("out",))
     p = load_params()
     source = get_source(p.dataset)
     user = given_user_data(p.data_path) if source.user_data != "no" else None

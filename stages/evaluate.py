@@ -2,7 +2,7 @@
 
 import argparse
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json
 from foldwise.core.params import load_params, parse_params
 from foldwise.data.batches import open_split
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--confusion", required=True, help="CSV: actual,predicted,count (exact)")
     parser.add_argument("--per-class", required=True, help="CSV: class,precision,recall,f1,support")
     parser.add_argument("--provenance", required=True, help="JSON: dataset, model, variant, seed, device, versions")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("metrics", "predictions", "confusion", "per_class", "provenance"))
     device = choose_device()
     model, checkpoint = load_checkpoint(args.model, device)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")

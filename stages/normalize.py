@@ -2,7 +2,7 @@
 
 import argparse
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_json
 from foldwise.data.batches import normalisation_stats
 
@@ -11,7 +11,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
     parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("out",))
     stats = normalisation_stats(args.prepared)
     write_json(args.out, stats)
     print(stats)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import atomic_dir
 from foldwise.data.layout import images_at, read_classes
 from foldwise.reporting import figures
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--prepared", required=True, help="prepared images (the galleries show test images)")
     parser.add_argument("--out", required=True, help="folder for the PNG figures")
     parser.add_argument("--curves", required=True, help="folder for <family>.csv (loss, accuracy)")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("out", "curves"))
     chosen = json.loads(Path(args.cv).read_text())["chosen"]
     classes = read_classes(args.prepared)
     seed = json.loads(Path(args.provenance).read_text())["seed"]

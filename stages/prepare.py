@@ -5,7 +5,7 @@ import json
 from contextlib import closing
 from pathlib import Path
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import atomic_dir
 from foldwise.core.params import load_params
 from foldwise.data.prepare import REPORT, SKIPPED, prepare
@@ -16,7 +16,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", required=True, help="folder written by the download stage")
     parser.add_argument("--out", required=True, help="folder for the image tree (data/prepared)")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("out",))
     p = load_params()
     source = get_source(p.dataset)
     with closing(load_raw(source, Path(args.raw) / p.dataset, p.label_pattern)) as raw, \

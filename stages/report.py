@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_text
 from foldwise.core.params import load_params
 from foldwise.reporting.plot_data import read_table
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--provenance", required=True)
     parser.add_argument("--confusion", required=True)
     parser.add_argument("--out", required=True, help="the Markdown file; figures are linked as figures/<name>")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("out",))
     read = lambda path: json.loads(Path(path).read_text())  # noqa: E731
     text = build(load_params(), read(args.prepared_report), read(args.cv), pd.read_csv(args.cv_folds),
                  read(args.train), read(args.metrics), read_table(args.per_class), read(args.provenance),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from foldwise.core.cli import run_stage
+from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json
 from foldwise.core.params import load_params
 from foldwise.data.batches import open_split
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--history", required=True, help="CSV: one row per epoch")
     parser.add_argument("--summary", required=True, help="JSON metrics of the final training")
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
-    args = parser.parse_args()
+    args = parse_stage_args(parser, outputs=("model", "history", "summary"))
     p = load_params()
     variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())

@@ -132,9 +132,33 @@ def test_own_images_in_data_own_then_a_zip_elsewhere(tmp_path):
     assert json.loads((repo / "data/prepared/classes.json").read_text()) == ["day", "night"]
 
 
+def stage_outputs(repo: Path) -> dict[str, list[str]]:
+    """Per stage, the outputs dvc.yaml declares (outs, metrics, plots), as written by the stage itself."""
+    import yaml
+
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    entries = {name: [next(iter(e)) if isinstance(e, dict) else e
+                      for key in ("outs", "metrics", "plots") for e in stage.get(key, [])]
+               for name, stage in stages.items()}
+    return {name: [o for o in outs if not o.startswith("reports/live/")]  # dvclive writes those
+            for name, outs in entries.items()}
+
+
 def test_repro_runs_the_whole_pipeline(repo):
+    """...and the temporaries a killed run of any stage leaves (planted here, as a kill -9 leaves
+    them) are git-ignored meanwhile and removed when that stage next starts."""
+    planted = []
+    for outs in stage_outputs(repo).values():
+        for out in outs:
+            leftover = repo / Path(out).parent / f".{Path(out).name}.tmp-k1ll3d"
+            leftover.parent.mkdir(parents=True, exist_ok=True)
+            leftover.write_text("half-written")
+            planted.append(leftover)
+    assert len(planted) >= 15
+    assert ".tmp-" not in run(repo, "git", "status", "--porcelain", "--untracked-files=all").stdout
     out = run(repo, "dvc", "repro").stdout
     assert ran_stages(out) == ALL_STAGES
+    assert [p for p in planted if p.exists()] == []
     assert sorted(p.name for p in (repo / "data/raw/fashion-mnist").iterdir()) == [
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]

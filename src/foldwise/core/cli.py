@@ -1,12 +1,14 @@
-"""Shared plumbing of the stage scripts: one-line errors instead of tracebacks."""
+"""Shared plumbing of the stage scripts: arguments, leftovers of killed runs, one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from foldwise.core.errors import UserError
+from foldwise.core.outputs import remove_leftovers
 
 # Errors that mean "bad input or missing prerequisite": the message already
 # names the key, file or value, so a traceback would only hide it. Anything
@@ -27,3 +29,13 @@ def run_stage(main: Callable[[], None]) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, outputs: Sequence[str],
+                     argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the stage's arguments, then delete the temporaries a killed run left next to the
+    outputs named by the arguments ``outputs`` (a kill -9 gives no chance to clean up)."""
+    args = parser.parse_args(argv)
+    for leftover in remove_leftovers(*(getattr(args, name) for name in outputs)):
+        print(f"removed {leftover}, left by an interrupted run", file=sys.stderr)
+    return args

@@ -1,12 +1,20 @@
 """Write stage outputs atomically.
 
 A stage that fails must leave nothing that a later run could mistake for a
-good output, so everything is written to a temporary sibling first and moved
-into place only when complete (a rename on the same filesystem).
+good output, so everything is written to a temporary sibling first
+(``.<name>.tmp-<random>``) and moved into place only when complete (a rename
+on the same filesystem). A stage killed outright (SIGKILL, power loss) cannot
+clean up, so each stage calls ``remove_leftovers`` on its outputs when it
+starts; meanwhile git ignores the names (``.gitignore``).
+
+Outputs get the modes a plain ``open`` would give (0644 files, 0755 folders
+under the usual umask 022), not ``tempfile``'s private 0600/0700, so the
+group of a shared project can read them.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -16,6 +24,43 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+
+TMP_MARK = ".tmp-"  # temporary siblings are named .<output name>.tmp-<random>
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: Path, is_dir: bool) -> None:
+    """Give a ``tempfile`` file (0600) or folder (0700) the mode ``open``/``mkdir`` would."""
+    path.chmod((0o777 if is_dir else 0o666) & ~_umask())
+
+
+def leftovers(path: str | Path) -> list[Path]:
+    """Temporary siblings of output ``path`` that a killed run left behind."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"))
+
+
+def remove_leftovers(*paths: str | Path) -> list[Path]:
+    """Delete what a killed run of this stage left next to its outputs; return what was deleted.
+
+    Called when a stage starts: DVC's lock keeps two runs out of one
+    workspace, so no temporary of a running writer can be hit.
+    """
+    removed = []
+    for path in paths:
+        for leftover in leftovers(path):
+            _remove(leftover)
+            removed.append(leftover)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -30,7 +75,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` on success only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    _public(tmp, is_dir=True)
     try:
         yield tmp
         _remove(path)
@@ -45,9 +91,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path that replaces ``path`` on success only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    _public(tmp, is_dir=False)
     try:
         yield tmp
         os.replace(tmp, path)
