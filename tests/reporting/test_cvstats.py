@@ -122,3 +122,15 @@ def test_cv_table_as_written_to_summary_md():
         "",
         f"Chosen: {explain_choice(summary_with(0.01))}.",
         ""])
+
+
+def test_the_interval_stays_within_0_and_1():
+    """Two folds of a small set far apart: Student's t (12.7 for one degree of freedom) reaches
+    -0.21 to 1.21; an accuracy cannot, so the interval is cut to [0, 1] (and only there)."""
+    summary = summarize(folds_table({"baseline": [0.5, 0.51], "wild": [0.2, 0.8], "perfect": [1.0, 0.98]}))
+    wild, perfect = summary["variants"]["wild"], summary["variants"]["perfect"]
+    assert (wild["valid_acc_ci_low"], wild["valid_acc_ci_high"]) == (0.0, 1.0)
+    assert perfect["valid_acc_ci_high"] == 1.0 and perfect["valid_acc_ci_low"] == pytest.approx(
+        0.99 - stats.t.ppf(0.975, 1) * np.std([1.0, 0.98], ddof=1) / np.sqrt(2), abs=1e-6)
+    base = summary["variants"]["baseline"]
+    assert 0.44 < base["valid_acc_ci_low"] < 0.5 and 0.51 < base["valid_acc_ci_high"] < 0.57  # untouched

@@ -63,7 +63,11 @@ def summarize(folds: pd.DataFrame) -> dict[str, Any]:
         half = float(scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
         entry = {
             "valid_acc_mean": acc.mean(), "valid_acc_std": std,
-            "valid_acc_ci_low": acc.mean() - half, "valid_acc_ci_high": acc.mean() + half,
+            # the t interval over the folds (their spread comes from training as well as from the
+            # data), cut to [0, 1]: an accuracy cannot leave it, and removing impossible values
+            # never lowers the interval's coverage (a Wilson interval on pooled counts would stay
+            # inside, but treats every image as independent and ignores the spread between folds)
+            "valid_acc_ci_low": max(0.0, acc.mean() - half), "valid_acc_ci_high": min(1.0, acc.mean() + half),
             "valid_loss_mean": rows["final_valid_loss"].mean(), "best_valid_acc_mean": rows["best_valid_acc"].mean(),
             "epochs_mean": rows["epochs"].mean(),
         }
