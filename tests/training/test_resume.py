@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import foldwise.training.resume as checkpoints
+from foldwise.core.errors import UserError
 from foldwise.core.params import UNTRACKED, Params
-from foldwise.training.resume import CHECKPOINT_ENV, Checkpoints, default_root, for_stage
+from foldwise.training.resume import CHECKPOINT_ENV, MARKER, Checkpoints, default_root, for_stage
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +115,7 @@ def test_checkpoints_nobody_wrote_for_a_week_are_pruned(tmp_path):
         for path in (tmp_path / "crossval" / name, tmp_path / "crossval" / name / "run000.pt"):
             os.utime(path, (then, then))
     Checkpoints("crossval", "new", tmp_path)
-    assert sorted(p.name for p in (tmp_path / "crossval").iterdir()) == ["paused", "running"]
+    assert sorted(p.name for p in (tmp_path / "crossval").iterdir()) == [MARKER, "paused", "running"]
 
 
 def test_checkpoints_live_in_the_dvc_project_that_queued_the_run(tmp_path, monkeypatch):
@@ -173,7 +174,7 @@ def test_pruning_is_by_the_day_and_skips_what_it_cannot_read(tmp_path):
     for stray in ("0.txt", "m.txt", "y.txt"):
         (stage / stray).write_text("not a key")
     Checkpoints("crossval", "new", tmp_path)
-    assert sorted(p.name for p in stage.iterdir()) == ["0.txt", "b_young", "m.txt", "y.txt"]
+    assert sorted(p.name for p in stage.iterdir()) == [MARKER, "0.txt", "b_young", "m.txt", "y.txt"]
 
 
 class Code:  # anything but tensors and plain data could run code when unpickled
@@ -208,3 +209,34 @@ def test_the_key_does_not_depend_on_the_order_params_come_in_and_takes_any_value
     assert key(dict(reversed(list(params.items())))) == key(params)
     assert len(key(params)) == 16
     assert fingerprint({"path": Path("data/raw")}) == fingerprint({"path": "data/raw"})  # str() of the rest
+
+
+def test_a_checkpoint_folder_of_the_users_own_is_never_touched(tmp_path, monkeypatch):
+    """FOLDWISE_CHECKPOINTS=/some/dir that already holds the user's train/ and crossval/ folders
+    (old ones, and one named like a key): a run, a prune and a clear leave every file of theirs;
+    what foldwise made there (marked) is gone once its run finishes."""
+    some_dir = tmp_path / "some_dir"
+    mine = {"train/notes.txt": "mine", "train/old/weights.bin": "mine", "crossval/k2/run000.pt": "mine"}
+    for name, text in mine.items():
+        (some_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (some_dir / name).write_text(text)
+    old = time.time() - 30 * 86400
+    for path in some_dir.rglob("*"):
+        os.utime(path, (old, old))
+    monkeypatch.setenv(CHECKPOINT_ENV, str(some_dir))
+    for stage in ("train", "crossval"):
+        store = Checkpoints(stage, "k")
+        store.save("final", {"epoch": 1})
+        assert store.load("final") == {"epoch": 1}
+        store.clear()
+        Checkpoints(stage, "other")  # prunes
+    assert {str(p.relative_to(some_dir)): p.read_text() for p in some_dir.rglob("*") if p.is_file()} == mine
+    assert not (some_dir / "train/k").exists()
+    with pytest.raises(UserError, match="crossval/k2 exists and foldwise did not create it"):
+        Checkpoints("crossval", "k2").save("run000", {"done": True})
+    stale = Checkpoints("train", "stale")  # a marked key of ours, killed a month ago: pruned
+    stale.save("final", {"epoch": 1})
+    for path in (stale.dir, stale.dir / "final.pt"):
+        os.utime(path, (old, old))
+    Checkpoints("train", "new")
+    assert not stale.dir.exists() and (some_dir / "train/old/weights.bin").is_file()

@@ -14,6 +14,11 @@ DVC sets for every stage and points at the parent repository in queued
 experiments (which run in temporary copies), so a killed queued experiment
 resumes when it is queued again. Keys nobody has written to for
 ``STALE_DAYS`` (runs killed and never repeated) are pruned.
+
+``FOLDWISE_CHECKPOINTS`` may name any folder, one that holds the user's own
+``train/`` or ``crossval/`` included: every folder foldwise creates there gets
+a ``MARKER`` file, and only marked folders are ever deleted (pruned, cleared,
+or removed once empty). Under the default root, all of ``.foldwise/`` is ours.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ CHECKPOINT_ENV = "FOLDWISE_CHECKPOINTS"  # where checkpoints go; default $DVC_RO
 DEFAULT_DIR = Path(".foldwise") / "checkpoints"
 PACKAGE = Path(__file__).resolve().parents[1]  # foldwise/: all of its code is in the key
 STALE_DAYS = 7.0  # a key untouched this long belongs to a run that was killed and never repeated
+MARKER = ".foldwise-checkpoints"  # in every folder foldwise created under a checkpoint root
 
 
 def default_root(environ: dict[str, str] | None = None) -> Path:
@@ -73,18 +79,31 @@ class Checkpoints:
         self.dir = self.stage_dir / key
         self._prune()
 
+    def _ours(self, folder: Path) -> bool:
+        """Whether foldwise created ``folder`` (everything under the default root is ours)."""
+        return self._own_root or (folder / MARKER).is_file()
+
     def _prune(self) -> None:
         """Delete other keys untouched for STALE_DAYS; a running experiment's key is written every epoch."""
-        if not self.stage_dir.is_dir():
+        if not self.stage_dir.is_dir():  # a key is pruned only if marked, even in a user's folder
             return
         cutoff = time.time() - STALE_DAYS * 86400
         for other in self.stage_dir.iterdir():
             try:
-                newest = max([other.stat().st_mtime, *(f.stat().st_mtime for f in other.iterdir())])
+                if not other.is_dir() or not self._ours(other):
+                    continue
+                written = [f.stat().st_mtime for f in other.iterdir() if f.name != MARKER]
+                newest = max([other.stat().st_mtime, *written])
             except OSError:
                 continue  # being deleted by its own run
             if other != self.dir and newest < cutoff:
                 shutil.rmtree(other, ignore_errors=True)
+
+    def _make(self, folder: Path) -> None:
+        """Create ``folder`` with the marker; one that exists already is used as it is."""
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            (folder / MARKER).write_text("made by foldwise: deleted once its run finishes\n")
 
     def load(self, name: str) -> dict[str, Any] | None:
         """The state saved as ``name``, or None when there is none (or it cannot be read)."""
@@ -100,18 +119,27 @@ class Checkpoints:
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Replace checkpoint ``name`` atomically: a kill mid-write leaves the previous one."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._make(self.stage_dir)
+        self._make(self.dir)
+        if not self._ours(self.dir):
+            from foldwise.core.errors import UserError
+
+            raise UserError(f"{self.dir} exists and foldwise did not create it; point {CHECKPOINT_ENV} "
+                            f"at another folder (an empty one, or one foldwise wrote to)")
         with atomic_file(self.dir / f"{name}.pt") as tmp:
             torch.save(state, tmp)
 
     def clear(self) -> None:
-        """Delete this run's checkpoints (it finished), then the folders above it once empty.
-
-        Other keys (experiments running beside this one) are left alone.
-        """
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete this run's checkpoints (it finished), then the folders above it that foldwise
+        made, once empty. Other keys (experiments running beside this one) are left alone."""
+        if self.dir.is_dir() and self._ours(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
         folders = [self.stage_dir, *((self.root, self.root.parent) if self._own_root else ())]
         for folder in folders:
+            if not folder.is_dir() or not self._ours(folder):
+                break
+            if {p.name for p in folder.iterdir()} <= {MARKER}:
+                (folder / MARKER).unlink(missing_ok=True)
             try:
                 folder.rmdir()
             except OSError:
