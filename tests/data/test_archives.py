@@ -116,3 +116,44 @@ def test_not_an_archive_is_named(tmp_path):
         copy_user_data(tmp_path / "photos.rar", tmp_path / "raw", "HINT")
     with pytest.raises(FileNotFoundError, match="data_path: .*nope.zip does not exist. HINT"):
         copy_user_data(tmp_path / "nope.zip", tmp_path / "raw", "HINT")
+
+
+def photo_folder(root: Path) -> Path:
+    for c in ("cat", "dog"):
+        (root / "photos" / c).mkdir(parents=True)
+        (root / "photos" / c / "1.jpg").write_bytes(jpeg_bytes(40 if c == "cat" else 200))
+    return root / "photos"
+
+
+FOLDER_LINKS = {  # link inside photos/ -> (its target, what the error says)
+    "cat/escape.jpg": (lambda root: "/etc/hostname", "outside"),
+    "cat/up.jpg": (lambda root: "../../secret.jpg", "outside"),
+    "dog/all": (lambda root: str(root / "photos"), "a folder"),
+    "dog/gone.jpg": (lambda root: "missing.jpg", "broken link"),
+}
+
+
+@pytest.mark.parametrize("link", sorted(FOLDER_LINKS))
+def test_a_folder_with_a_link_that_leaves_it_is_refused_naming_link_and_target(link, tmp_path):
+    """As strict as archives: nothing of the folder is copied (so nothing reaches DVC's cache or a
+    `dvc push`), and the error names the link and where it points."""
+    folder = photo_folder(tmp_path)
+    (tmp_path / "secret.jpg").write_bytes(jpeg_bytes(99))
+    target, why = FOLDER_LINKS[link][0](tmp_path), FOLDER_LINKS[link][1]
+    os.symlink(target, folder / link)
+    message = rf"{folder}: refusing the folder: {link} is a symbolic link to {target}, .*{why}"
+    with pytest.raises(UnsafeArchiveError, match=message):
+        copy_user_data(folder, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").rglob("*"))
+    with pytest.raises(UnsafeArchiveError, match=message):
+        open_tree(folder)
+
+
+def test_a_link_to_a_file_inside_the_folder_is_that_file(tmp_path):
+    folder = photo_folder(tmp_path)
+    os.symlink("../cat/1.jpg", folder / "dog" / "copy.jpg")
+    copy_user_data(folder, tmp_path / "raw")
+    copied = tmp_path / "raw" / "images" / "dog" / "copy.jpg"
+    assert not copied.is_symlink() and copied.read_bytes() == (folder / "cat" / "1.jpg").read_bytes()
+    with open_tree(folder) as tree:
+        assert sorted(tree.files) == ["cat/1.jpg", "dog/1.jpg", "dog/copy.jpg"]

@@ -6,6 +6,12 @@ makes the whole archive refused (``UnsafeArchiveError``): nothing derived
 from a hostile archive is written anywhere, and since archives are read in
 place, no member name ever becomes a path on disk.
 
+A folder is held to the same rule where it matters: a symbolic link that
+resolves outside it (``cat/escape.jpg -> /etc/hostname``), a link to a
+folder (a loop, or every image in it twice) or a broken link makes the whole
+folder refused, before anything is read or copied. A link to a file inside
+the folder is read as that file.
+
 Hidden files (``.DS_Store``, ``._x.jpg``) and ``__MACOSX/`` folders, which
 archivers add on their own, are checked but not listed.
 """
@@ -86,19 +92,47 @@ class FileTree:
         self.close()
 
 
+def _refuse_folder_link(root: Path, link: Path, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{root}: refusing the folder: {link.relative_to(root).as_posix()} is a symbolic link to "
+        f"{os.readlink(link)}, {why}. Nothing was read or copied; replace the link with the file it "
+        f"points at (`cp -L`), or remove it."
+    )
+
+
+def check_links(root: str | Path) -> None:
+    """Refuse ``root`` (``UnsafeArchiveError`` naming the link and its target) if a symbolic link
+    in it leads outside it, to a folder, or nowhere; links are inspected, never followed."""
+    root = Path(root)
+    inside = root.resolve()
+    for folder, dirnames, filenames in os.walk(root):  # does not follow links to folders
+        for name in sorted(dirnames + filenames):
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if not target.is_relative_to(inside):
+                raise _refuse_folder_link(root, path, f"outside {root}")
+            if not target.exists():
+                raise _refuse_folder_link(root, path, "which does not exist (a broken link)")
+            if target.is_dir():
+                raise _refuse_folder_link(root, path, "a folder (its images would be read twice, or for ever)")
+
+
 class DirTree(FileTree):
-    """A folder on disk; links are followed (it is the user's own folder)."""
+    """A folder on disk, its links checked first (``check_links``)."""
 
     def __init__(self, where: str | Path) -> None:
         super().__init__(where)
-        for folder, dirnames, filenames in os.walk(self.where, followlinks=True):
+        check_links(self.where)
+        for folder, dirnames, filenames in os.walk(self.where):
             dirnames.sort()
             rel = Path(folder).relative_to(self.where).as_posix()
             if rel != "." and not _hidden(rel):
                 self.dirs.add(rel)
             for file in sorted(filenames):
                 path = Path(folder) / file
-                if path.is_file():
+                if path.is_file():  # a link to a file inside the folder counts as that file
                     self._add(path.relative_to(self.where).as_posix(), path.stat().st_size)
 
     def read(self, name: str) -> bytes:

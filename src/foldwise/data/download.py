@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from foldwise.core.errors import UserError
-from foldwise.data.archives import is_archive, open_tree
+from foldwise.data.archives import check_links, is_archive, open_tree
 from foldwise.data.readers import CSV_NAME
 from foldwise.data.sources import USER_FOLDER, Source
 
@@ -201,6 +201,7 @@ def copy_user_data(path: Path, out_dir: str | Path, hint: str = "") -> str:
         raise FileNotFoundError(f"data_path: {path} does not exist. {hint}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
+        check_links(path)  # refuses links that leave the folder before anything is copied
         shutil.copytree(path, out_dir / USER_FOLDER, ignore=shutil.ignore_patterns(".*", "__MACOSX"))
         return f"folder {path}"
     if path.suffix.lower() == ".csv":
