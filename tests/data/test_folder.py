@@ -145,3 +145,73 @@ def test_stage_errors_are_one_paragraph_that_says_what_to_do(tmp_path, params, e
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert re.search(expected, done.stderr), done.stderr
     assert not (tmp_path / "data" / "raw").exists()
+
+
+def zeros_zip(path: Path, member: str, size: int) -> None:
+    """A deflated zip whose ``member`` is ``size`` bytes of zeros (200 MB compress to ~200 KB),
+    written in chunks so the test itself never holds it."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, archive.open(member, "w") as out:
+        for _ in range(size >> 20):
+            out.write(bytes(1 << 20))
+
+
+@pytest.mark.parametrize("where", ["zip", "folder"])
+def test_a_file_over_the_size_cap_is_skipped_as_too_large_without_being_read(tmp_path, where):
+    """200 MB of zeros named cat/huge.jpg (a zip member of ~200 KB): skipped "too large" from its
+    listed size, so memory stays far below it (on main it was read whole: 441 MB at the peak)."""
+    import tracemalloc
+    import zipfile
+
+    import sklearn.model_selection  # noqa: F401 - imported before measuring: its import is 40 MB
+
+    from foldwise.data.images import MAX_FILE_BYTES
+
+    files = {f"{c}/{i}.jpg": jpeg_bytes(v, size=(16, 16), seed=i) for c, v in (("cat", 40), ("dog", 200))
+             for i in range(6)}
+    raw = tmp_path / "raw"
+    if where == "zip":
+        (raw / "folder").mkdir(parents=True)
+        with zipfile.ZipFile(raw / "folder/own.zip", "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        zeros_zip(raw / "folder/own.zip", "cat/huge.jpg", 200 << 20)
+    else:
+        for name, data in files.items():
+            (raw / "folder/images" / name).parent.mkdir(parents=True, exist_ok=True)
+            (raw / "folder/images" / name).write_bytes(data)
+        with open(raw / "folder/images/cat/huge.jpg", "wb") as f:
+            f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        data = load_raw(SOURCES["folder"], raw / "folder")
+        prepare(data, data.classes, tmp_path / "prepared", 0.25, 0, 0, 0.25, channels=1)
+        data.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB held"
+    report = json.loads((tmp_path / "prepared" / REPORT).read_text())
+    assert report["skipped"] == {"total": 1, "too large": 1}
+    assert "cat/huge.jpg,too large" in (tmp_path / "prepared" / SKIPPED).read_text()
+
+
+def test_an_image_declaring_more_pixels_than_the_cap_is_skipped_before_decoding():
+    """A 9000 x 9000 bilevel PNG is a few KB on disk and 81 MB decoded: refused from its header."""
+    import tracemalloc
+
+    from foldwise.data.images import MAX_PIXELS, SkipImage, decode
+
+    huge = png(Image.new("1", (9000, 9000)))
+    assert len(huge) < 1 << 20 and 9000 * 9000 > MAX_PIXELS
+    tracemalloc.start()
+    try:
+        with pytest.raises(SkipImage) as skip:
+            decode(huge, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert skip.value.reason == "too large" and "9000x9000 pixels" in str(skip.value)
+    assert peak < 16 << 20
+    assert decode(png(Image.new("L", (4096, 4096))), 1).shape == (4096, 4096, 1)  # under the cap: kept

@@ -78,8 +78,9 @@ class FileTree:
             self.dirs.add(str(parent))
             parent = parent.parent
 
-    def read(self, name: str) -> bytes:
-        """The bytes of member ``name``."""
+    def read(self, name: str, limit: int = -1) -> bytes:
+        """The bytes of member ``name``; with ``limit`` >= 0, at most ``limit`` + 1 of them (enough
+        to tell it is too large without holding more in memory)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -135,8 +136,12 @@ class DirTree(FileTree):
                 if path.is_file():  # a link to a file inside the folder counts as that file
                     self._add(path.relative_to(self.where).as_posix(), path.stat().st_size)
 
-    def read(self, name: str) -> bytes:
-        return (self.where / name).read_bytes()
+    def read(self, name: str, limit: int = -1) -> bytes:
+        with open(self.where / name, "rb") as f:
+            if limit < 0:
+                return f.read()
+            # read(n) allocates n bytes up front: ask for no more than the file holds (+1 to see growth)
+            return f.read(min(limit, os.fstat(f.fileno()).st_size) + 1)
 
 
 class ZipTree(FileTree):
@@ -159,8 +164,9 @@ class ZipTree(FileTree):
                 self._add(name, info.file_size)
         self._names = {safe_name(self.where, i.filename): i for i in self._zip.infolist()}
 
-    def read(self, name: str) -> bytes:
-        return self._zip.read(self._names[name])
+    def read(self, name: str, limit: int = -1) -> bytes:
+        with self._zip.open(self._names[name]) as f:
+            return f.read(limit + 1 if limit >= 0 else -1)
 
     def close(self) -> None:
         self._zip.close()
@@ -190,9 +196,9 @@ class TarTree(FileTree):
             else:
                 raise _refuse_link(self.where, member.name, "device or pipe")
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = -1) -> bytes:
         handle = self._tar.extractfile(self._members[name])
-        return handle.read() if handle else b""
+        return handle.read(limit + 1 if limit >= 0 else -1) if handle else b""
 
     def close(self) -> None:
         self._tar.close()

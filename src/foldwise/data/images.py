@@ -15,6 +15,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 REASONS = ("empty file", "not an image", "truncated", "corrupt", "too large")
+# Caps checked before anything is decoded: a file's size (an archive member's as its header
+# declares it; reading stops past it) and the pixels an image's header declares. 64 MiB holds
+# any photo from a camera; 2**26 = 67,108,864 pixels is 8192 x 8192, above a 48-megapixel
+# phone and below PIL's own decompression-bomb limit (89,478,485).
+MAX_FILE_BYTES = 64 << 20
+MAX_PIXELS = 1 << 26
 Size = int | tuple[int, int]  # 0 = keep, N = shorter side to N then centre crop N x N, (h, w) = exactly
 # File signatures of common image formats: such a file that does not decode is corrupt, not "not an image".
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
@@ -79,10 +85,14 @@ def decode(data: bytes, channels: int, size: Size = 0) -> np.ndarray:
     """Decode image file bytes to H x W x ``channels`` uint8; ``SkipImage`` when unusable."""
     if not data:
         raise SkipImage("empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise SkipImage("too large", f"more than {MAX_FILE_BYTES} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data))  # reads the header only
+            if im.width * im.height > MAX_PIXELS:
+                raise SkipImage("too large", f"{im.width}x{im.height} pixels, more than {MAX_PIXELS}")
             im.load()
         im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF
     except UnidentifiedImageError:

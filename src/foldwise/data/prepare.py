@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from foldwise.data.images import SkipImage, Size, convert_array, decode
+from foldwise.data.images import MAX_FILE_BYTES, SkipImage, Size, convert_array, decode
 from foldwise.data.layout import CLASSES, MANIFEST, PIXELS, SPLITS
 from foldwise.data.sources import FileImages, RawData, Splits
 
@@ -112,8 +112,11 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
     staging.mkdir(parents=True, exist_ok=True)  # pragma: no mutate (a fresh folder: exist_ok never matters)
     kept, md5s, first = [], [], None  # md5s[j] is of the image kept[j]
     for i, name in enumerate(files.names):
+        if files.tree.files.get(name, 0) > MAX_FILE_BYTES:  # the size listed: nothing read
+            skipped.append((name, "too large"))
+            continue
         try:
-            pixels = decode(files.tree.read(name), channels or 3, size)
+            pixels = decode(files.tree.read(name, MAX_FILE_BYTES), channels or 3, size)
         except SkipImage as skip:
             skipped.append((name, skip.reason))
             continue
