@@ -11,13 +11,14 @@ from foldwise.live.monitors import monitor_from_env, show_test
 from foldwise.reporting.metrics import provenance
 from foldwise.reporting.plot_data import confusion_counts, per_class, sample_predictions
 from foldwise.training.engine import choose_device
-from foldwise.training.final import evaluate_on, load_checkpoint
+from foldwise.training.final import evaluate_on, load_checkpoint, read_record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--model", required=True)
+    parser.add_argument("--model-record", required=True, help="train's JSON record of the model's sha256")
     parser.add_argument("--metrics", required=True, help="JSON metrics: test loss, accuracy, macro F1")
     parser.add_argument("--predictions", required=True,
                         help="CSV: index,actual,predicted,confidence per test image (sampled above a bound)")
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--provenance", required=True, help="JSON: dataset, model, variant, seed, device, versions")
     args = parse_stage_args(parser, outputs=("metrics", "predictions", "confusion", "per_class", "provenance"))
     device = choose_device()
-    model, checkpoint = load_checkpoint(args.model, device)
+    model, checkpoint = load_checkpoint(args.model, device, read_record(args.model_record), args.model_record)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
     budget = load_params().memory_budget_mb  # a machine setting: today's, not the one trained with
     test = open_split(args.prepared, "test", checkpoint["stats"], device, budget)

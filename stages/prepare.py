@@ -8,6 +8,7 @@ from pathlib import Path
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import atomic_dir
 from foldwise.core.params import load_params
+from foldwise.data.checksums import verify_files
 from foldwise.data.prepare import REPORT, SKIPPED, prepare
 from foldwise.data.sources import get_source, load_raw
 
@@ -19,6 +20,10 @@ def main() -> None:
     args = parse_stage_args(parser, outputs=("out",))
     p = load_params()
     source = get_source(p.dataset)
+    # download verified them; a copy damaged since (disk, DVC cache) is named here, not by a parser
+    verify_files(Path(args.raw) / p.dataset, source.files,
+                 f"restore it from DVC's cache with `dvc checkout -f {args.raw}`, or if that does not "
+                 f"help (the cached copy is damaged too), fetch it again: `dvc repro -f download`")
     with closing(load_raw(source, Path(args.raw) / p.dataset, p.label_pattern)) as raw, \
             atomic_dir(args.out) as tmp:
         prepare(raw, raw.classes, tmp, p.valid_size, p.max_images_per_split, p.seed, p.test_size,

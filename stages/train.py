@@ -13,7 +13,7 @@ from foldwise.data.batches import open_split
 from foldwise.data.layout import read_classes
 from foldwise.live.monitors import monitor_from_env
 from foldwise.training.engine import choose_device
-from foldwise.training.final import resolve_variant, save_checkpoint, train_final
+from foldwise.training.final import model_record, resolve_variant, save_checkpoint, train_final
 from foldwise.training.resume import for_stage
 
 
@@ -23,10 +23,11 @@ def main() -> None:
     parser.add_argument("--stats", required=True)
     parser.add_argument("--cv", required=True, help="crossval's full summary JSON (its chosen variant, and why)")
     parser.add_argument("--model", required=True, help="checkpoint to write (models/model.pt)")
+    parser.add_argument("--model-record", required=True, help="JSON: the model file's sha256 and size")
     parser.add_argument("--history", required=True, help="CSV: one row per epoch")
     parser.add_argument("--summary", required=True, help="JSON metrics of the final training")
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
-    args = parse_stage_args(parser, outputs=("model", "history", "summary"))
+    args = parse_stage_args(parser, outputs=("model", "model_record", "history", "summary"))
     p = load_params()
     variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
@@ -49,8 +50,9 @@ def main() -> None:
     # (chosen) or params.yaml (pinned), and in evaluate's provenance
     write_json(args.summary, {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
-    # Written last: a model file present means the stage finished.
-    save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)
+    sha256 = save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)
+    # evaluate checks the model file against it; git holds this record, apart from DVC's cache
+    write_json(args.model_record, model_record(args.model, sha256))
     checkpoints.clear()
     print(f"variant {variant}: {reason}")
     print(f"variant {variant} ({source}): best epoch {result.best_epoch}, valid accuracy {best['valid_acc']:.4f}")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from foldwise.data.download import DownloadError, download, file_md5s
+from foldwise.data.checksums import file_md5s
+from foldwise.data.download import DownloadError, download
 from foldwise.data.sources import Source
 
 

@@ -106,3 +106,29 @@ def test_source_rejects_a_corrupted_file(name, tmp_path, http_mirror):
     with pytest.raises(DownloadError, match=rf"(?s)could not get {victim}.*checksum mismatch.*How to fix"):
         download(entry, tmp_path / "raw")
     assert not (tmp_path / "raw" / victim).exists()
+
+
+def test_prepare_names_a_raw_file_damaged_since_download(tmp_path):
+    """digits.csv.gz cut short in data/raw (a damaged cache object, a bad disk), under a forced
+    prepare: one line naming the file as damaged and the fix, not numpy's "use `usecols`"."""
+    import gzip
+    import os
+    import subprocess
+    import sys
+
+    from foldwise.data.sources import SOURCES
+
+    root = Path(__file__).resolve().parents[2]
+    raw = tmp_path / "data/raw/digits"
+    raw.mkdir(parents=True)
+    content = gzip.decompress((Path(SOURCES["digits"].mirrors[0]) / "digits.csv.gz").read_bytes())
+    damaged = content[: len(content) * 2 // 3] + content[len(content) * 2 // 3 + 40:]  # 40 bytes gone mid-row
+    (raw / "digits.csv.gz").write_bytes(gzip.compress(damaged))
+    (tmp_path / "params.yaml").write_text("dataset: digits\n")
+    done = subprocess.run([sys.executable, str(root / "stages/prepare.py"), "--raw", "data/raw",
+                           "--out", "data/prepared"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: data/raw/digits/digits.csv.gz is damaged: its md5 is "), done.stderr
+    assert "`dvc checkout -f data/raw`" in done.stderr and "`dvc repro -f download`" in done.stderr
+    assert "usecols" not in done.stderr and not (tmp_path / "data/prepared").exists()

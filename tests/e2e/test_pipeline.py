@@ -273,3 +273,42 @@ def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo)
     assert {name: (repo / name).read_bytes() for name in outputs} == after_resume
     assert [path.read_bytes() for path in live] == live_after_resume  # dvclive's curves too
     set_params(repo / "params.yaml", {"epochs": "2"})
+
+
+def test_a_model_damaged_in_dvcs_cache_is_refused_by_evaluate_and_rebuilt_by_repro_f_train(repo):
+    """16 flipped bytes in model.pt's cache object, then `dvc checkout`: DVC trusts its cache, and
+    torch loads the damaged weights without a word; evaluate checks the sha256 train recorded (in
+    git) and refuses, naming the file and the fix; the fix it names repairs the cache too."""
+    import yaml
+
+    run(repo, "dvc", "repro")  # the workspace as dvc.lock describes it (from the run-cache)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
+    cached = repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    metrics = (repo / "reports/metrics.json").read_bytes()
+    data = bytearray(cached.read_bytes())
+    stat = cached.stat()
+    middle = len(data) * 3 // 4  # inside the weights
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    cached.chmod(0o644)
+    cached.write_bytes(bytes(data))
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (repo / "models/model.pt").unlink()
+    run(repo, "dvc", "checkout", "models/model.pt")
+    assert (repo / "models/model.pt").read_bytes() == bytes(data)
+    failed = run(repo, "dvc", "repro", "-f", "-s", "evaluate", ok=False)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "Traceback" not in output
+    assert "error: models/model.pt is damaged: its sha256 is " in output
+    fix = (f"(recorded in reports/train/model.json); restore it from DVC's cache with `dvc checkout -f "
+           f"models/model.pt`; if this error comes back, the cached copy is damaged too: delete it "
+           f"(`rm -f \"$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}\"`) and train again: `dvc repro -f train`")
+    assert fix in output, output
+    run(repo, "dvc", "checkout", "-f", "models/model.pt")  # the first fix: no help, the cache is damaged
+    assert run(repo, "dvc", "repro", "-f", "-s", "evaluate", ok=False).returncode != 0
+    run(repo, "dvc", "repro", "-f", "-s", "train")  # without the second fix's rm: DVC re-links its damaged copy
+    assert (repo / "models/model.pt").read_bytes() == bytes(data)
+    run(repo, "bash", "-c", fix.split("(`")[1].split("`)")[0] + " && dvc repro -f -s train")  # as the error says
+    assert cached.read_bytes() != bytes(data) and "models/model.pt" not in run(repo, "dvc", "status").stdout
+    run(repo, "dvc", "repro", "-f", "-s", "evaluate")
+    assert (repo / "reports/metrics.json").read_bytes() == metrics

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -66,3 +67,45 @@ def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(result.history) == strip(whole_result.history)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_damaged_or_truncated_model_is_a_one_line_error_naming_file_and_fix(tmp_path, tiny_set, tiny_stats,
+                                                                              tiny_params):
+    """16 flipped bytes load silently (wrong weights, a wrong test accuracy), and a truncated file
+    gave a raw OSError naming no file: the sha256 train records is checked first."""
+    from foldwise.core.errors import UserError
+    from foldwise.training.final import file_sha256, model_record, read_record
+
+    train, valid = train_valid(tiny_set, tiny_stats)
+    model, _ = train_final(train, valid, 3, dataclasses.replace(tiny_params, epochs=1), "baseline")
+    path = tmp_path / "model.pt"
+    sha256 = save_checkpoint(path, model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    assert sha256 == file_sha256(path) and len(sha256) == 64
+    record = tmp_path / "model.json"
+    record.write_text(json.dumps(model_record(path, sha256)))
+    assert read_record(record) == sha256
+    good = path.read_bytes()
+    load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+
+    flipped = bytearray(good)
+    weights = max(model.state_dict().values(), key=lambda t: t.numel()).cpu().numpy().tobytes()
+    middle = good.index(weights[:64]) + 64  # inside a tensor's bytes: torch alone loads it without a word
+    flipped[middle:middle + 16] = bytes(b ^ 0xFF for b in flipped[middle:middle + 16])
+    path.write_bytes(bytes(flipped))
+    load_checkpoint(path, torch.device("cpu"))  # what happened before: no check, no error
+    fix = f"`dvc checkout -f {path}`.*`dvc repro -f train`"
+    with pytest.raises(UserError, match=rf"^{path} is damaged: its sha256 is [0-9a-f]{{64}}, but train wrote "
+                                        rf"{sha256} \(recorded in {record}\); .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match=rf"^{path} is damaged: .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+    with pytest.raises(UserError, match=rf"^{path} is not a readable foldwise model \(.*\); .*{fix}") as error:
+        load_checkpoint(path, torch.device("cpu"))  # no sha256 to check: torch's error, named
+    assert "\n" not in str(error.value)
+    path.unlink()
+    with pytest.raises(UserError, match=rf"^{path} is missing; .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256)
+    record.write_text('{"path": "models/model.pt"}')
+    with pytest.raises(UserError, match="no sha256 of the model in it; train again: `dvc repro -f train`"):
+        read_record(record)

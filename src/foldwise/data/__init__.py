@@ -1,7 +1,7 @@
 """The download, prepare and normalize stages, and the batches training reads.
 
 - ``sources``: the SOURCES registry (dataset -> files, checksums, reader);
-- ``download``: fetch and verify a source's files;
+- ``download``: fetch and verify a source's files (``checksums``: their md5s, checked again by prepare);
 - ``archives``, ``readers``, ``images``: list the files of a folder or an archive, find their labels,
   decode one image;
 - ``prepare``: split into train/valid/test class folders with a manifest and a skip report;

@@ -12,8 +12,6 @@ exact images a model was trained on.
 from __future__ import annotations
 
 import csv
-import gzip
-import hashlib
 import http.client
 import os
 import shutil
@@ -25,32 +23,16 @@ from tqdm import tqdm
 
 from foldwise.core.errors import UserError
 from foldwise.data.archives import check_links, is_archive, open_tree
+from foldwise.data.checksums import CHUNK, file_md5s
 from foldwise.data.readers import CSV_NAME
 from foldwise.data.sources import USER_FOLDER, Source
 
-CHUNK = 1 << 20  # bytes per read
 TIMEOUT_S = 30.0  # per network read; a silent network must not hang the stage
 RESUME_ATTEMPTS = 3  # connections per URL when a transfer is cut
 
 
 class DownloadError(UserError, RuntimeError):
     """No mirror gave a file whose checksum matches."""
-
-
-def file_md5s(path: Path) -> tuple[str, str]:
-    """(md5 of the bytes on disk, md5 of the content: decompressed when gzip)."""
-    raw = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            raw.update(chunk)
-    with open(path, "rb") as f:
-        if f.read(2) != b"\x1f\x8b":
-            return raw.hexdigest(), raw.hexdigest()
-    content = hashlib.md5()
-    with gzip.open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            content.update(chunk)
-    return raw.hexdigest(), content.hexdigest()
 
 
 def _fetch_url(url: str, dest: Path, attempts: int = RESUME_ATTEMPTS) -> None:
@@ -168,12 +150,15 @@ def given_user_data(data_path: str | Path) -> Path | None:
 def _copy_csv(path: Path, out_dir: Path) -> int:
     """The CSV as ``labels.csv`` plus every file it lists under ``files/``; returns files copied."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        lower = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        try:
+            reader = csv.DictReader(f)
+            fieldnames, rows = reader.fieldnames, list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{path}: not a readable UTF-8 CSV of path,label ({exc})") from None
+        lower = {(c or "").strip().lower(): c for c in fieldnames or []}
         if not {"path", "label"} <= set(lower):
             raise ValueError(f"{path}: a CSV data_path needs a header with columns path,label; "
-                             f"it has {reader.fieldnames}")
-        rows = list(reader)
+                             f"it has {fieldnames}")
     (out_dir / "files").mkdir(parents=True)
     copied = 0
     with open(out_dir / CSV_NAME, "w", newline="") as f:

@@ -16,6 +16,7 @@ the files that are not usable images.
 from __future__ import annotations
 
 import gzip
+import zlib
 import importlib.util
 import pickle
 import io
@@ -53,8 +54,11 @@ class Source:
 def read_idx(path: Path) -> np.ndarray:
     """Decode one IDX file (gzip or raw) into a numpy array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise ValueError(f"{path}: damaged gzip file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
@@ -87,7 +91,10 @@ def _read_mnist_like(folder: Path) -> Splits:
 
 def _read_digits(folder: Path) -> Splits:
     """scikit-learn's 8x8 digits CSV (64 pixel columns in 0..16, then the label) -> uint8 images."""
-    table = np.loadtxt(folder / "digits.csv.gz", delimiter=",")
+    try:
+        table = np.loadtxt(folder / "digits.csv.gz", delimiter=",")
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{folder / 'digits.csv.gz'}: not scikit-learn's digits CSV ({exc})") from None
     if table.ndim != 2 or table.shape[1] != 65:
         raise ValueError(f"{folder / 'digits.csv.gz'}: expected 65 columns, got shape {table.shape}")
     images = np.rint(table[:, :64] * (255 / 16)).clip(0, 255).astype(np.uint8).reshape(-1, 8, 8, 1)

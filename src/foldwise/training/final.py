@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from foldwise.core.outputs import atomic_file
+from foldwise.core.errors import UserError
+from foldwise.core.outputs import atomic_file, locked_md5
 from foldwise.core.params import Params, parse_params
 from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import explain_choice
@@ -61,17 +65,71 @@ def train_final(train: BatchSource, valid: BatchSource, num_classes: int, p: Par
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, p: Params, variant: str, classes: list[str],
-                    stats: dict[str, Any], shape: tuple[int, ...]) -> None:
-    """Everything needed to rebuild and use the model without params.yaml or the stats file."""
+                    stats: dict[str, Any], shape: tuple[int, ...]) -> str:
+    """Everything needed to rebuild and use the model without params.yaml or the stats file;
+    returns the file's sha256 (hex), which train records so that loading can check it."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "params": p.for_variant(variant).to_dict(), "variant": variant,
+                "classes": classes, "stats": stats, "shape": list(shape)}, buffer)
     with atomic_file(path) as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "params": p.for_variant(variant).to_dict(), "variant": variant,
-                    "classes": classes, "stats": stats, "shape": list(shape)}, tmp)
+        tmp.write_bytes(buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by ``save_checkpoint``, in eval mode on ``device``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_record(path: str | Path, sha256: str) -> dict[str, Any]:
+    """What train records of the model file it wrote, for ``load_checkpoint`` to check."""
+    return {"path": Path(path).as_posix(), "sha256": sha256, "bytes": Path(path).stat().st_size}
+
+
+def read_record(path: str | Path) -> str:
+    """The sha256 in a ``model_record`` file; a ``UserError`` when it has none."""
+    try:
+        sha256 = json.loads(Path(path).read_text()).get("sha256", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: not a model record ({exc}); train again: `dvc repro -f train`") from None
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise UserError(f"{path}: no sha256 of the model in it; train again: `dvc repro -f train`")
+    return sha256
+
+
+def load_checkpoint(path: str | Path, device: torch.device, sha256: str = "",
+                    recorded_in: str = "train's model record") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by ``save_checkpoint``, in eval mode on ``device``.
+
+    With ``sha256`` (what train recorded, in ``recorded_in``), the file is checked first: DVC
+    does not re-hash a file it checked out, so a damaged cache object would otherwise give a
+    wrong model silently. A mismatch, or a file torch cannot read, is a ``UserError`` naming
+    the file and the fix.
+    """
+    md5 = locked_md5(path)
+    cached = (f'`rm -f "$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}"`' if md5 else
+              "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/")
+    fix = (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the "
+           f"cached copy is damaged too: delete it ({cached}) and train again: `dvc repro -f train`")
+    try:
+        actual = file_sha256(path) if sha256 else ""
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    if actual != sha256:
+        raise UserError(f"{path} is damaged: its sha256 is {actual}, but train wrote {sha256} "
+                        f"(recorded in {recorded_in}); {fix}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises OSError, RuntimeError, EOFError, UnpicklingError...
+        raise UserError(f"{path} is not a readable foldwise model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {fix}") from None
     p = parse_params(checkpoint["params"], f"{path} (params)")
     # the saved weights replace everything: no need for the ImageNet file again
     p = dataclasses.replace(p, pretrained=False, pretrained_path="")
