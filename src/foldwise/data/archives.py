@@ -18,8 +18,11 @@ archivers add on their own, are checked but not listed.
 
 from __future__ import annotations
 
+import lzma
 import os
 import stat
+import struct
+import zlib
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -29,6 +32,15 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 
 class UnsafeArchiveError(ValueError):
     """An archive member would land outside the folder it is extracted to, or is a link."""
+
+
+class DamagedMember(ValueError):
+    """A member's bytes cannot be read back (bad CRC, broken compression, encrypted, cut short)."""
+
+
+# What zipfile, tarfile and their decompressors raise on damaged bytes.
+READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, tarfile.TarError,
+               RuntimeError, NotImplementedError, ValueError, struct.error)
 
 
 def is_archive(path: str | Path) -> bool:
@@ -80,7 +92,14 @@ class FileTree:
 
     def read(self, name: str, limit: int = -1) -> bytes:
         """The bytes of member ``name``; with ``limit`` >= 0, at most ``limit`` + 1 of them (enough
-        to tell it is too large without holding more in memory)."""
+        to tell it is too large without holding more in memory). ``DamagedMember`` when the bytes
+        cannot be read back."""
+        try:
+            return self._read(name, limit)
+        except READ_ERRORS as exc:
+            raise DamagedMember(f"{self.where}: {name}: {exc}") from None
+
+    def _read(self, name: str, limit: int) -> bytes:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -136,7 +155,7 @@ class DirTree(FileTree):
                 if path.is_file():  # a link to a file inside the folder counts as that file
                     self._add(path.relative_to(self.where).as_posix(), path.stat().st_size)
 
-    def read(self, name: str, limit: int = -1) -> bytes:
+    def _read(self, name: str, limit: int) -> bytes:
         with open(self.where / name, "rb") as f:
             if limit < 0:
                 return f.read()
@@ -151,7 +170,7 @@ class ZipTree(FileTree):
         super().__init__(where)
         try:
             self._zip = zipfile.ZipFile(self.where)
-        except zipfile.BadZipFile as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{self.where}: not a readable zip archive ({exc})") from None
         for info in self._zip.infolist():
             name = safe_name(self.where, info.filename)
@@ -164,7 +183,7 @@ class ZipTree(FileTree):
                 self._add(name, info.file_size)
         self._names = {safe_name(self.where, i.filename): i for i in self._zip.infolist()}
 
-    def read(self, name: str, limit: int = -1) -> bytes:
+    def _read(self, name: str, limit: int) -> bytes:
         with self._zip.open(self._names[name]) as f:
             return f.read(limit + 1 if limit >= 0 else -1)
 
@@ -180,7 +199,7 @@ class TarTree(FileTree):
         try:
             self._tar = tarfile.open(self.where, "r:*")
             members = self._tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{self.where}: not a readable tar archive ({exc})") from None
         self._members: dict[str, tarfile.TarInfo] = {}
         for member in members:
@@ -196,7 +215,7 @@ class TarTree(FileTree):
             else:
                 raise _refuse_link(self.where, member.name, "device or pipe")
 
-    def read(self, name: str, limit: int = -1) -> bytes:
+    def _read(self, name: str, limit: int) -> bytes:
         handle = self._tar.extractfile(self._members[name])
         return handle.read(limit + 1 if limit >= 0 else -1) if handle else b""
 

@@ -89,6 +89,7 @@ def decode(data: bytes, channels: int, size: Size = 0) -> np.ndarray:
         raise SkipImage("too large", f"more than {MAX_FILE_BYTES} bytes")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL on damaged tags: the file is kept or skipped
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))  # reads the header only
             if im.width * im.height > MAX_PIXELS:

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from foldwise.data.archives import DamagedMember
 from foldwise.data.images import MAX_FILE_BYTES, SkipImage, Size, convert_array, decode
 from foldwise.data.layout import CLASSES, MANIFEST, PIXELS, SPLITS
 from foldwise.data.sources import FileImages, RawData, Splits
@@ -120,7 +120,7 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
         except SkipImage as skip:
             skipped.append((name, skip.reason))
             continue
-        except (OSError, EOFError, zipfile.BadZipFile):  # archive member damaged (CRC)
+        except DamagedMember:  # archive member damaged (CRC, compression)
             skipped.append((name, "corrupt"))
             continue
         if first is None:

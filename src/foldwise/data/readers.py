@@ -112,13 +112,17 @@ def by_pattern(tree: FileTree, pattern: str | re.Pattern[str]) -> Listing:
 
 def by_csv(tree: FileTree, csv_name: str = CSV_NAME) -> Listing:
     """Rows of the ``path,label`` CSV the download stage wrote (it checked and normalised the user's)."""
-    reader = csv.DictReader(io.StringIO(tree.read(csv_name).decode("utf-8")))
-    if reader.fieldnames != ["path", "label"]:
-        raise ValueError(f"{csv_name}: expected the header path,label, found {reader.fieldnames}; "
-                         f"re-run the download stage (dvc repro --force download)")
+    fix = "re-run the download stage (dvc repro --force download)"
+    try:
+        reader = csv.DictReader(io.StringIO(tree.read(csv_name).decode("utf-8"), newline=""))
+        fieldnames, rows = reader.fieldnames, list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{csv_name}: not the CSV the download stage writes ({exc}); {fix}") from None
+    if fieldnames != ["path", "label"]:
+        raise ValueError(f"{csv_name}: expected the header path,label, found {fieldnames}; {fix}")
     listing = Listing()
-    for row in reader:
-        path, label = row["path"], row["label"]
+    for row in rows:
+        path, label = row["path"], row["label"]  # a short row's label is None: no label
         if not label:
             listing.skipped.append((path, "no label in the CSV"))
         elif path not in tree.files:
