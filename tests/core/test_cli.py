@@ -40,3 +40,15 @@ def test_bugs_and_debug_mode_keep_the_traceback(monkeypatch):
     monkeypatch.setenv("FOLDWISE_DEBUG", "1")
     with pytest.raises(ValueError):
         run_stage(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+
+def test_locked_md5_names_dvcs_copy_of_an_output(tmp_path, monkeypatch):
+    from foldwise.core.cli import locked_md5
+
+    monkeypatch.chdir(tmp_path)
+    assert locked_md5("models/model.pt") == ""  # no dvc.lock
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: x\n    outs:\n"
+                                       "    - path: models/model.pt\n      md5: 0123abcd\n      size: 3\n")
+    assert locked_md5("models/model.pt") == "0123abcd" and locked_md5("models/other.pt") == ""
+    (tmp_path / "dvc.lock").write_text(": not yaml [")
+    assert locked_md5("models/model.pt") == ""

@@ -73,14 +73,3 @@ def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     assert sorted(p.name for p in removed) == left
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1", "prepared", "prepared.tmp-1"]
 
-
-def test_locked_md5_names_dvcs_copy_of_an_output(tmp_path, monkeypatch):
-    from foldwise.core.outputs import locked_md5
-
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert locked_md5("models/model.pt") == ""  # no dvc.lock
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: x\n    outs:\n"
-                                       "    - path: models/model.pt\n      md5: 0123abcd\n      size: 3\n")
-    assert locked_md5("models/model.pt") == "0123abcd" and locked_md5("models/other.pt") == ""
-    (tmp_path / "dvc.lock").write_text(": not yaml [")
-    assert locked_md5("models/model.pt") == ""

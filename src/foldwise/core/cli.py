@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from foldwise.core.errors import UserError
@@ -39,3 +40,18 @@ def parse_stage_args(parser: argparse.ArgumentParser, outputs: Sequence[str],
     for leftover in remove_leftovers(*(getattr(args, name) for name in outputs)):
         print(f"removed {leftover}, left by an interrupted run", file=sys.stderr)
     return args
+
+
+def locked_md5(path: str | Path) -> str:
+    """The md5 dvc.lock records for output ``path`` ('' when there is none), for error messages
+    that name DVC's cached copy of a damaged file: DVC trusts its cache and re-links a damaged
+    object on every checkout and commit, until that object is deleted."""
+    import yaml  # here: the stages that only print an error need not import it
+
+    lock = Path("dvc.lock")  # stages run in the project (a queued run: its own copy and its lock)
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        outs = [o for stage in stages.values() for o in stage.get("outs", [])]
+        return next(str(o["md5"]) for o in outs if o.get("path") == Path(path).as_posix())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration, yaml.YAMLError):
+        return ""

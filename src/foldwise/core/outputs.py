@@ -120,17 +120,3 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
 
-
-def locked_md5(path: str | Path) -> str:
-    """The md5 dvc.lock records for output ``path`` ('' when there is none), for error messages
-    that name DVC's cached copy of a damaged file: DVC trusts its cache and re-links a damaged
-    object on every checkout and commit, until that object is deleted."""
-    import yaml
-
-    lock = Path(os.environ.get("DVC_ROOT") or ".") / "dvc.lock"
-    try:
-        stages = yaml.safe_load(lock.read_text())["stages"]
-        outs = [o for stage in stages.values() for o in stage.get("outs", [])]
-        return next(str(o["md5"]) for o in outs if o.get("path") == Path(path).as_posix())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration, yaml.YAMLError):
-        return ""

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from foldwise.core.errors import UserError
-from foldwise.core.outputs import atomic_file, locked_md5
+from foldwise.core.cli import locked_md5
+from foldwise.core.outputs import atomic_file
 from foldwise.core.params import Params, parse_params
 from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import explain_choice
