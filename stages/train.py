@@ -51,7 +51,7 @@ def main() -> None:
     write_json(args.summary, {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                               "valid_acc": round(best["valid_acc"], 6), "valid_loss": round(best["valid_loss"], 6)})
     sha256 = save_checkpoint(args.model, model, p, variant, classes, stats, train.shape)
-    # evaluate checks the model file against it; git holds this record, apart from DVC's cache
+    # evaluate checks the model file against it (a separate cache object: intact when model.pt's is damaged)
     write_json(args.model_record, model_record(args.model, sha256))
     checkpoints.clear()
     print(f"variant {variant}: {reason}")

@@ -300,7 +300,7 @@ def test_a_model_damaged_in_dvcs_cache_is_refused_by_evaluate_and_rebuilt_by_rep
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0 and "Traceback" not in output
     assert "error: models/model.pt is damaged: its sha256 is " in output
-    fix = (f"(recorded in reports/train/model.json); restore it from DVC's cache with `dvc checkout -f "
+    fix = (f"(recorded in models/model.json); restore it from DVC's cache with `dvc checkout -f "
            f"models/model.pt`; if this error comes back, the cached copy is damaged too: delete it "
            f"(`rm -f \"$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}\"`) and train again: `dvc repro -f train`")
     assert fix in output, output
