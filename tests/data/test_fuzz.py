@@ -29,7 +29,8 @@ from tests.conftest import jpeg_bytes, write_idx
 
 
 def seeded(examples: int) -> settings:
-    """Seeded: CI tries the inputs tried here. 2,300 inputs in all, about 10 s on 2 cores."""
+    """Seeded: CI tries the inputs tried here. 2,300 inputs in all: 6.7 s of
+    `pytest tests/data/test_fuzz.py` on 2 cores."""
     return settings(derandomize=True, deadline=None, database=None, max_examples=examples,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -32,11 +32,10 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-def parse_stage_args(parser: argparse.ArgumentParser, outputs: Sequence[str],
-                     argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_stage_args(parser: argparse.ArgumentParser, outputs: Sequence[str]) -> argparse.Namespace:
     """Parse the stage's arguments, then delete the temporaries a killed run left next to the
     outputs named by the arguments ``outputs`` (a kill -9 gives no chance to clean up)."""
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     for leftover in remove_leftovers(*(getattr(args, name) for name in outputs)):
         print(f"removed {leftover}, left by an interrupted run", file=sys.stderr)
     return args

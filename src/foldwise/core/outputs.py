@@ -41,14 +41,6 @@ def _public(path: Path, is_dir: bool) -> None:
     path.chmod((0o777 if is_dir else 0o666) & ~_umask())
 
 
-def leftovers(path: str | Path) -> list[Path]:
-    """Temporary siblings of output ``path`` that a killed run left behind."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"))
-
-
 def remove_leftovers(*paths: str | Path) -> list[Path]:
     """Delete what a killed run of this stage left next to its outputs; return what was deleted.
 
@@ -56,10 +48,11 @@ def remove_leftovers(*paths: str | Path) -> list[Path]:
     workspace, so no temporary of a running writer can be hit.
     """
     removed = []
-    for path in paths:
-        for leftover in leftovers(path):
-            _remove(leftover)
-            removed.append(leftover)
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*")):
+                _remove(leftover)
+                removed.append(leftover)
     return removed
 
 
@@ -119,4 +112,3 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Atomically write a DataFrame as CSV without its index."""
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
-

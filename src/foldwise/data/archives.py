@@ -120,6 +120,19 @@ def _refuse_folder_link(root: Path, link: Path, why: str) -> UnsafeArchiveError:
     )
 
 
+def _check_link(root: Path, inside: Path, path: Path) -> None:
+    """Refuse ``root`` if ``path`` is a link out of ``inside`` (root resolved), to a folder, or nowhere."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.is_relative_to(inside):
+        raise _refuse_folder_link(root, path, f"outside {root}")
+    if not target.exists():
+        raise _refuse_folder_link(root, path, "which does not exist (a broken link)")
+    if target.is_dir():
+        raise _refuse_folder_link(root, path, "a folder (its images would be read twice, or for ever)")
+
+
 def check_links(root: str | Path) -> None:
     """Refuse ``root`` (``UnsafeArchiveError`` naming the link and its target) if a symbolic link
     in it leads outside it, to a folder, or nowhere; links are inspected, never followed."""
@@ -127,31 +140,25 @@ def check_links(root: str | Path) -> None:
     inside = root.resolve()
     for folder, dirnames, filenames in os.walk(root):  # does not follow links to folders
         for name in sorted(dirnames + filenames):
-            path = Path(folder) / name
-            if not path.is_symlink():
-                continue
-            target = path.resolve()
-            if not target.is_relative_to(inside):
-                raise _refuse_folder_link(root, path, f"outside {root}")
-            if not target.exists():
-                raise _refuse_folder_link(root, path, "which does not exist (a broken link)")
-            if target.is_dir():
-                raise _refuse_folder_link(root, path, "a folder (its images would be read twice, or for ever)")
+            _check_link(root, inside, Path(folder) / name)
 
 
 class DirTree(FileTree):
-    """A folder on disk, its links checked first (``check_links``)."""
+    """A folder on disk, its links checked as ``check_links`` does."""
 
     def __init__(self, where: str | Path) -> None:
         super().__init__(where)
-        check_links(self.where)
-        for folder, dirnames, filenames in os.walk(self.where):
+        inside = self.where.resolve()
+        for folder, dirnames, filenames in os.walk(self.where):  # links checked as met, in one walk
             dirnames.sort()
+            for name in dirnames:
+                _check_link(self.where, inside, Path(folder) / name)
             rel = Path(folder).relative_to(self.where).as_posix()
             if rel != "." and not _hidden(rel):
                 self.dirs.add(rel)
             for file in sorted(filenames):
                 path = Path(folder) / file
+                _check_link(self.where, inside, path)
                 if path.is_file():  # a link to a file inside the folder counts as that file
                     self._add(path.relative_to(self.where).as_posix(), path.stat().st_size)
 

@@ -31,6 +31,12 @@ def file_md5s(path: Path) -> tuple[str, str]:
     return raw.hexdigest(), content.hexdigest()
 
 
+def md5_mismatch(path: Path, md5: str) -> str:
+    """'' when ``path``'s bytes or content have ``md5``; else what was found, for an error."""
+    raw, content = file_md5s(path)
+    return "" if md5 in (raw, content) else f"md5 {raw}, content md5 {content}, expected {md5}"
+
+
 def verify_files(folder: Path, files: dict[str, str | None], fix: str) -> None:
     """Every file of ``files`` (name -> md5, None = not pinned) in ``folder`` has its md5;
     else a ``ValueError`` naming the file, both md5s and ``fix``."""
@@ -41,8 +47,8 @@ def verify_files(folder: Path, files: dict[str, str | None], fix: str) -> None:
         if not path.is_file():
             raise ValueError(f"{path} is missing; {fix}")
         try:
-            raw, content = file_md5s(path)
+            mismatch = md5_mismatch(path, md5)
         except (OSError, EOFError) as exc:  # gzip cut short or damaged
             raise ValueError(f"{path} is damaged ({exc}); {fix}") from None
-        if md5 not in (raw, content):
-            raise ValueError(f"{path} is damaged: its md5 is {content}, the dataset's is {md5}; {fix}")
+        if mismatch:
+            raise ValueError(f"{path} is damaged ({mismatch}); {fix}")

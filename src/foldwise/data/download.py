@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from foldwise.core.errors import UserError
 from foldwise.data.archives import check_links, is_archive, open_tree
-from foldwise.data.checksums import CHUNK, file_md5s
+from foldwise.data.checksums import CHUNK, md5_mismatch
 from foldwise.data.readers import CSV_NAME
 from foldwise.data.sources import USER_FOLDER, Source
 
@@ -100,9 +100,9 @@ def fetch_file(name: str, md5: str | None, mirrors: list[str], out_dir: Path) ->
             if md5 is None:
                 check_archive(tmp)
             else:
-                raw, content = file_md5s(tmp)
-                if md5 not in (raw, content):
-                    raise ValueError(f"checksum mismatch (md5 {raw}, content md5 {content}, expected {md5})")
+                mismatch = md5_mismatch(tmp, md5)
+                if mismatch:
+                    raise ValueError(f"checksum mismatch ({mismatch})")
         except (OSError, ValueError, EOFError, http.client.HTTPException, zipfile.BadZipFile) as exc:
             # URLError is an OSError; IncompleteRead (connection cut mid-file) an HTTPException
             failures.append(f"  {where}: {exc}")

@@ -73,18 +73,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, p: Params, variant: str,
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "params": p.for_variant(variant).to_dict(), "variant": variant,
                 "classes": classes, "stats": stats, "shape": list(shape)}, buffer)
+    data = buffer.getvalue()
     with atomic_file(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def model_record(path: str | Path, sha256: str) -> dict[str, Any]:
@@ -103,6 +95,15 @@ def read_record(path: str | Path) -> str:
     return sha256
 
 
+def _restore(path: str | Path) -> str:
+    """How to get a good copy of model ``path`` back (built only for an error: it reads dvc.lock)."""
+    md5 = locked_md5(path)
+    cached = (f'`rm -f "$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}"`' if md5 else
+              "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/")
+    return (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the "
+            f"cached copy is damaged too: delete it ({cached}) and train again: `dvc repro -f train`")
+
+
 def load_checkpoint(path: str | Path, device: torch.device, sha256: str = "",
                     recorded_in: str = "train's model record") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved by ``save_checkpoint``, in eval mode on ``device``.
@@ -112,25 +113,19 @@ def load_checkpoint(path: str | Path, device: torch.device, sha256: str = "",
     wrong model silently. A mismatch, or a file torch cannot read, is a ``UserError`` naming
     the file and the fix.
     """
-    md5 = locked_md5(path)
-    cached = (f'`rm -f "$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}"`' if md5 else
-              "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/")
-    fix = (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the "
-           f"cached copy is damaged too: delete it ({cached}) and train again: `dvc repro -f train`")
     try:
-        actual = file_sha256(path) if sha256 else ""
+        data = Path(path).read_bytes()  # hashed and loaded from the same bytes: the file is read once
     except FileNotFoundError:
-        raise UserError(f"{path} is missing; {fix}") from None
-    if actual != sha256:
+        raise UserError(f"{path} is missing; {_restore(path)}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 and actual != sha256:
         raise UserError(f"{path} is damaged: its sha256 is {actual}, but train wrote {sha256} "
-                        f"(recorded in {recorded_in}); {fix}")
+                        f"(recorded in {recorded_in}); {_restore(path)}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; {fix}") from None
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises OSError, RuntimeError, EOFError, UnpicklingError...
         raise UserError(f"{path} is not a readable foldwise model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {fix}") from None
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {_restore(path)}") from None
     p = parse_params(checkpoint["params"], f"{path} (params)")
     # the saved weights replace everything: no need for the ImageNet file again
     p = dataclasses.replace(p, pretrained=False, pretrained_path="")

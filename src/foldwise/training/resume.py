@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 import torch
 
+from foldwise.core.errors import UserError
 from foldwise.core.outputs import atomic_file
 
 CHECKPOINT_ENV = "FOLDWISE_CHECKPOINTS"  # where checkpoints go; default $DVC_ROOT/.foldwise/checkpoints
@@ -122,8 +123,6 @@ class Checkpoints:
         self._make(self.stage_dir)
         self._make(self.dir)
         if not self._ours(self.dir):
-            from foldwise.core.errors import UserError
-
             raise UserError(f"{self.dir} exists and foldwise did not create it; point {CHECKPOINT_ENV} "
                             f"at another folder (an empty one, or one foldwise wrote to)")
         with atomic_file(self.dir / f"{name}.pt") as tmp:
