@@ -9,6 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -31,7 +32,7 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 	dvc repro
 	@echo "== Stages that \"didn't change\" or were \"cached\" were reused, not recomputed. Run them all again: dvc repro -f =="
 
-test: $(STAMP) $(PLOTS_TEMPLATE) browser
+test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser
 	$(BIN)/pytest
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
@@ -76,6 +77,11 @@ $(STAMP): pyproject.toml constraints.txt | system
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(BIN)/foldwise-visdom install-assets
 	touch $(STAMP)
+
+# Ray (an optional extra, ~80 MB): the scale-out tests need it; `make run` does without.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	touch $(RAY_STAMP)
 
 # `dvc plots show/diff` pages that need no network: .dvc/config points at this
 # template, which inlines pinned vega, vega-lite and vega-embed from npm.

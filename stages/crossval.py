@@ -7,12 +7,13 @@ from pathlib import Path
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json, write_text
 from foldwise.core.params import load_params
-from foldwise.data.batches import open_split
+from foldwise.data.batches import open_arrays, open_split
 from foldwise.data.layout import read_classes
 from foldwise.live.monitors import monitor_from_env
 from foldwise.reporting.cvstats import cv_table, explain_choice, headline
 from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import choose_device
+from foldwise.training.fanout import fanout_from_env, open_train
 from foldwise.training.resume import for_stage
 
 
@@ -28,19 +29,24 @@ def main() -> None:
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
     args = parse_stage_args(parser, outputs=("history", "folds", "metrics", "summary", "table"))
     p = load_params()
-    device = choose_device()
     stats = json.loads(Path(args.stats).read_text())
-    train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
-    classes = read_classes(args.prepared)
-    checkpoints = for_stage("crossval", p.to_dict(), device.type,
-                            [Path(args.prepared) / "manifest.csv", args.stats])
-    monitor = monitor_from_env("crossval", live_dir=args.live, group_by=("variant",))
-    monitor.start({"stage": "crossval", "params": p.to_dict(), "device": str(device), "classes": classes,
-                   "total_epochs": p.k_folds * sum(p.for_variant(v).epochs for v in p.compared)})
-    try:
-        result = run_crossval(train, len(classes), p, monitor, checkpoints)
-    finally:
-        monitor.close()
+    with fanout_from_env() as fanout:  # None unless FOLDWISE_RAY is set: then the runs are Ray tasks
+        if fanout is None:
+            device = choose_device()
+            train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
+            device_type, where = device.type, str(device)
+        else:
+            train, device_type, where = open_train(args.prepared, stats, p), fanout.device_type, fanout.describe()
+        classes = read_classes(args.prepared)
+        checkpoints = for_stage("crossval", p.to_dict(), device_type,
+                                [Path(args.prepared) / "manifest.csv", args.stats])
+        monitor = monitor_from_env("crossval", live_dir=args.live, group_by=("variant",))
+        monitor.start({"stage": "crossval", "params": p.to_dict(), "device": where, "classes": classes,
+                       "total_epochs": p.k_folds * sum(p.for_variant(v).epochs for v in p.compared)})
+        try:
+            result = run_crossval(train, len(classes), p, monitor, checkpoints, fanout)
+        finally:
+            monitor.close()
     Path(args.live).mkdir(parents=True, exist_ok=True)  # a declared output, even if dvclive could not write
     write_csv(args.history, result.history.drop(columns="seconds").round(6))
     write_csv(args.folds, result.folds.round(6))

@@ -7,5 +7,6 @@
 - ``engine``: device choice, one epoch, evaluation, ``fit`` with early stopping and resume;
 - ``resume``: resumable training state outside every DVC output, keyed by params, inputs and code;
 - ``crossval``: every compared variant on the same K folds;
+- ``fanout``: crossval's runs as Ray tasks (``FOLDWISE_RAY``), locally or on a cluster;
 - ``final``: the chosen variant trained, saved as models/model.pt and evaluated.
 """

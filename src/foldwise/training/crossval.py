@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -51,67 +51,136 @@ class CVResult:
     summary: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One (variant, fold) run of crossval, ``index`` its place in the sequential order."""
+
+    index: int
+    variant: str
+    fold: int
+
+    @property
+    def name(self) -> str:
+        """Its checkpoint's name."""
+        return f"run{self.index:03d}"
+
+
+Finished = Iterator[tuple[RunSpec, dict[str, Any], list[dict[str, Any]]]]  # (run, folds.csv row, history)
+
+
+class Fanout(Protocol):
+    """Runs crossval's pending runs elsewhere (``training.fanout.RayFanout``), yielding each as it finishes."""
+
+    def run(self, data: Any, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]]) -> Finished: ...
+
+
+def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
+              folds: list[tuple[np.ndarray, np.ndarray]], monitor: Monitor | None = None,
+              saved: dict[str, Any] | None = None,
+              save: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one run on its fold of ``data`` (a batch source): its folds.csv row and its history.
+
+    Fold ``f`` starts from seed ``p.seed + f`` whatever the variant (paired runs). ``saved`` (a
+    checkpoint ``save`` wrote after an epoch) continues an interrupted run. Every process that
+    calls this with the same arguments and torch thread count gets the same result, bit for bit.
+    """
+    train_idx, valid_idx = folds[spec.fold]
+    vp = p.for_variant(spec.variant)
+    seed = p.seed + spec.fold  # same start for every variant on this fold
+    seed_everything(seed)
+    model = build_model(data.shape, num_classes, vp).to(data.labels.device)  # pragma: no mutate (as device)
+    started = time.perf_counter() - (saved or {}).get("seconds", 0.0)  # pragma: no mutate (console time only)
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        save({**state, "seconds": time.perf_counter() - started})
+
+    result = fit(model, data.subset(train_idx), data.subset(valid_idx), vp, seed, monitor,
+                 tags={"variant": spec.variant, "fold": spec.fold}, resume=saved,
+                 checkpoint=checkpoint if save else None)
+    final = result.final
+    row = {
+        "variant": spec.variant, "fold": spec.fold,
+        "final_valid_acc": final["valid_acc"], "final_valid_loss": final["valid_loss"],
+        "best_valid_acc": max(r["valid_acc"] for r in result.history),
+        "best_valid_loss": min(r["valid_loss"] for r in result.history),
+        "best_epoch": result.best_epoch, "epochs": len(result.history),
+        "stopped_early": result.stopped_early,
+    }
+    # wall-clock time goes to the console only: committed results must not change run to run
+    print(f"{spec.variant} fold {spec.fold}: {len(result.history)} epochs in "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return row, result.history
+
+
+def _in_process(data: BatchSource, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
+                pending: list[RunSpec], resume: dict[int, dict[str, Any]], monitor: Monitor | None,
+                checkpoints: Checkpoints | None) -> Finished:
+    """The pending runs one after another in this process, checkpointed after every epoch."""
+    for spec in pending:
+        save = (lambda state, name=spec.name: checkpoints.save(name, state)) if checkpoints else None
+        yield spec, *train_run(data, num_classes, p, spec, folds, monitor, resume.get(spec.index), save)
+
+
 def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monitor | None = None,
-                 checkpoints: Checkpoints | None = None) -> CVResult:
+                 checkpoints: Checkpoints | None = None, fanout: Fanout | None = None) -> CVResult:
     """Train every compared variant on every fold of ``data`` (a labelled batch source).
 
     Everything that can be wrong with the params (folds, model, weights file,
     augmentation) fails before the first epoch. With ``checkpoints``, runs
     finished before an interruption are not repeated and the interrupted run
-    continues from its last epoch.
+    continues from its last epoch. With ``fanout``, the runs go to it (``data``
+    is then what it ships, e.g. ``data.batches.SplitArrays``); each run is
+    checkpointed as it returns, and ``monitor`` sees the runs in the sequential
+    order, so tables, dvclive files and live view are those of a sequential run.
     """
-    device = data.labels.device  # pragma: no mutate (CUDA only: on a CPU None is the same device)
     folds = make_folds(data.labels.cpu().numpy(), p.k_folds, p.seed)
     for variant in p.compared:
         vp = p.for_variant(variant)
         check_model(data.shape, num_classes, vp)
         check_augment(data.shape, vp)
-    history: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    runs = [(v, f) for v in p.compared for f in range(len(folds))]
-    for index, (variant, fold) in enumerate(runs):
-        name = f"run{index:03d}"
-        saved = checkpoints.load(name) if checkpoints else None
+    runs = [RunSpec(i, v, f) for i, (v, f) in enumerate((v, f) for v in p.compared for f in range(len(folds)))]
+    results: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    resumed: set[int] = set()
+    pending: list[RunSpec] = []
+    resume: dict[int, dict[str, Any]] = {}
+    for spec in runs:
+        saved = checkpoints.load(spec.name) if checkpoints else None
         if saved is not None and saved.get("done"):
-            rows.append(saved["row"])
-            history.extend(saved["history"])
-            if monitor is not None:
-                monitor.on_resume(saved["history"])
-                monitor.on_fold_end(saved["row"])
+            results[spec.index] = saved["row"], saved["history"]
+            resumed.add(spec.index)
             continue
         if saved is not None:
-            print(f"resuming {variant} fold {fold} after epoch {len(saved['result']['history'])}", file=sys.stderr)
-        train_idx, valid_idx = folds[fold]
-        vp = p.for_variant(variant)
-        seed = p.seed + fold  # same start for every variant on this fold
-        seed_everything(seed)
-        model = build_model(data.shape, num_classes, vp).to(device)  # pragma: no mutate (as device)
-        started = time.perf_counter() - (saved or {}).get("seconds", 0.0)  # pragma: no mutate (console time only)
+            print(f"resuming {spec.variant} fold {spec.fold} after epoch {len(saved['result']['history'])}",
+                  file=sys.stderr)
+            resume[spec.index] = saved
+        pending.append(spec)
+    reported = 0
 
-        def save(state: dict[str, Any], name: str = name, started: float = started) -> None:
-            checkpoints.save(name, {**state, "seconds": time.perf_counter() - started})
+    def report() -> None:
+        """Feed ``monitor`` every run finished since the last call that all runs before it have joined."""
+        nonlocal reported
+        while reported < len(runs) and reported in results:
+            row, history = results[reported]
+            if monitor is not None:
+                if reported in resumed:
+                    monitor.on_resume(history)
+                elif fanout is not None:  # in this process, fit fed the epochs as they ended
+                    for epoch in history:
+                        monitor.on_epoch_end(epoch)
+                monitor.on_fold_end(row)
+            reported += 1
 
-        result = fit(model, data.subset(train_idx), data.subset(valid_idx), vp, seed, monitor,
-                     tags={"variant": variant, "fold": fold}, resume=saved,
-                     checkpoint=save if checkpoints else None)
-        final = result.final
-        row = {
-            "variant": variant, "fold": fold,
-            "final_valid_acc": final["valid_acc"], "final_valid_loss": final["valid_loss"],
-            "best_valid_acc": max(r["valid_acc"] for r in result.history),
-            "best_valid_loss": min(r["valid_loss"] for r in result.history),
-            "best_epoch": result.best_epoch, "epochs": len(result.history),
-            "stopped_early": result.stopped_early,
-        }
-        # wall-clock time goes to the console only: committed results must not change run to run
-        print(f"{variant} fold {fold}: {len(result.history)} epochs in {time.perf_counter() - started:.1f} s",
-              file=sys.stderr)
+    report()
+    finished = (fanout.run(data, num_classes, p, folds, pending, resume) if fanout is not None else
+                _in_process(data, num_classes, p, folds, pending, resume, monitor, checkpoints))
+    for spec, row, history in finished:
         if checkpoints:
-            checkpoints.save(name, {"done": True, "row": row, "history": result.history})
-        rows.append(row)
-        history.extend(result.history)
-        if monitor is not None:
-            monitor.on_fold_end(row)
+            checkpoints.save(spec.name, {"done": True, "row": row, "history": history})
+        results[spec.index] = row, history
+        report()
+    rows = [results[spec.index][0] for spec in runs]
+    history = [epoch for spec in runs for epoch in results[spec.index][1]]
     folds_df = pd.DataFrame(rows)
     summary = {"k_folds": p.k_folds, **summarize(folds_df)}
     return CVResult(pd.DataFrame(history), folds_df, summary)

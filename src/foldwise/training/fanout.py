@@ -1,0 +1,221 @@
+"""Crossval's (variant, fold) runs as Ray tasks: on this machine's cores and GPUs, or on a cluster.
+
+Switched on by ``FOLDWISE_RAY`` (an environment variable, like ``FOLDWISE_DEVICE``: where the runs
+go changes no result, so it must not invalidate DVC's cache): ``off`` (default) trains the runs one
+after another in the stage's process; ``local`` starts Ray on this machine for the stage; anything
+else is the address of a running cluster (``auto``, ``10.0.0.5:6379``, ``ray://head:10001``), which
+several stages (queued experiments) share, Ray giving each run its own CPUs and GPUs.
+
+Each run is one task asking for ``FOLDWISE_RAY_CPUS`` CPUs (default 1; also its torch threads) and
+``FOLDWISE_RAY_GPUS`` GPUs (default 1 on a cluster with GPUs, else 0; 0.25 = four runs per GPU),
+and Ray sets ``CUDA_VISIBLE_DEVICES`` for it. The split travels once, as uint8 arrays, through Ray's
+object store; every task normalises it on its device with the arithmetic of the sequential path and
+trains its run with ``crossval.train_run``, so with the same thread count the results are the
+sequential ones, bit for bit. Ray is an optional extra (``pip install -e '.[ray]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from foldwise.core.errors import UserError
+from foldwise.core.params import Params
+from foldwise.data.batches import SplitArrays, open_arrays
+from foldwise.training.crossval import Finished, RunSpec, train_run
+from foldwise.training.engine import choose_device
+
+RAY_ENV, CPUS_ENV, GPUS_ENV = "FOLDWISE_RAY", "FOLDWISE_RAY_CPUS", "FOLDWISE_RAY_GPUS"
+OFF = ("", "off", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where the runs go (``local`` or a cluster's address) and what each asks Ray for."""
+
+    address: str
+    cpus: float = 1.0  # per run; its torch threads are the whole part (at least 1)
+    gpus: float | None = None  # per run; None = 1 where the cluster has GPUs, else 0
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+
+def _number(environ: dict[str, str], name: str, default: str, valid: str) -> float:
+    text = environ.get(name, "").strip() or default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or (value > 1 and value != int(value)):  # Ray: fractions only below 1
+        raise UserError(f"{name}={text!r} is not valid; use {valid}")
+    return value
+
+
+def ray_from_env(environ: dict[str, str] | None = None) -> RaySettings | None:
+    """``FOLDWISE_RAY`` and the per-run resources, or None when the runs stay in this process."""
+    environ = dict(os.environ if environ is None else environ)
+    address = environ.get(RAY_ENV, "").strip()
+    if address.lower() in OFF:
+        return None
+    cpus = _number(environ, CPUS_ENV, "1", "a number of CPUs per run above 0: a fraction below 1, "
+                                           "else a whole number (e.g. 1 or 2)")
+    if cpus == 0:
+        raise UserError(f"{CPUS_ENV}=0 is not valid; a run needs CPUs: use e.g. 1, 2 or 0.5")
+    gpus = None
+    if environ.get(GPUS_ENV, "").strip():
+        gpus = _number(environ, GPUS_ENV, "", "0 (CPU runs), a fraction below 1 (0.25 = four runs "
+                                              "per GPU) or a whole number of GPUs per run")
+    return RaySettings("local" if address.lower() == "local" else address, cpus, gpus)
+
+
+def _check_installed() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"{RAY_ENV} is set but Ray is not installed; install it with "
+                        f"`pip install -e '.[ray]'` (in this project's .venv), or unset {RAY_ENV}") from None
+    return ray
+
+
+def _placement(gpus: float) -> dict[str, Any]:
+    """Where this task runs: node, process and the GPUs Ray gave it (for the console and tests)."""
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES") if gpus > 0 else None}
+
+
+def train_task(split: SplitArrays, num_classes: int, p: Params, spec: RunSpec,
+               fold: tuple[np.ndarray, np.ndarray], saved: dict[str, Any] | None, threads: int,
+               gpus: float) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """One run in a Ray worker: its row, its history and where it ran (with start and end times, s)."""
+    started = time.time()
+    torch.set_num_threads(threads)
+    # no GPU asked for: the CPU, even on a GPU node (Ray leaves CUDA_VISIBLE_DEVICES alone then)
+    device = choose_device() if gpus > 0 else torch.device("cpu")
+    data = split.to_source(device)
+    folds = {spec.fold: fold}
+    row, history = train_run(data, num_classes, p, spec, folds, saved=saved)  # type: ignore[arg-type]
+    return row, history, {**_placement(gpus), "device": str(device), "start": started, "end": time.time()}
+
+
+class RayFanout:
+    """A ``crossval.Fanout`` onto Ray; a context manager that connects and (for ``local``) stops Ray.
+
+    ``placements`` collects, per finished run's name, where it ran.
+    """
+
+    def __init__(self, settings: RaySettings, **init_kwargs: Any) -> None:
+        self.settings = settings
+        self.init_kwargs = init_kwargs  # for ray.init: tests give num_cpus / num_gpus to a local one
+        self.placements: dict[str, dict[str, Any]] = {}
+        self.gpus = 0.0
+        self._ray: Any = None
+        self._started = False
+
+    def __enter__(self) -> "RayFanout":
+        ray = self._ray = _check_installed()
+        s = self.settings
+        if not ray.is_initialized():
+            if s.address == "local":
+                ray.init(address="local", include_dashboard=False, **self.init_kwargs)
+            else:
+                try:
+                    ray.init(address=s.address, **self.init_kwargs)
+                except (ConnectionError, ValueError, RuntimeError) as exc:
+                    raise UserError(f"{RAY_ENV}={s.address}: cannot join that Ray cluster ({exc}); start it "
+                                    f"with `ray start --head`, or use {RAY_ENV}=local") from None
+            self._started = True
+        have = ray.cluster_resources()
+        self.gpus = s.gpus if s.gpus is not None else (1.0 if have.get("GPU", 0) >= 1 else 0.0)
+        for kind, need, name in (("CPU", s.cpus, CPUS_ENV), ("GPU", self.gpus, GPUS_ENV)):
+            if need > have.get(kind, 0):
+                self.__exit__(None, None, None)
+                raise UserError(f"{name}={need:g}, but the Ray cluster has {have.get(kind, 0):g} {kind}s in all: "
+                                f"no run could ever start; ask for at most that")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+    def describe(self) -> str:
+        have = self._ray.cluster_resources()
+        return (f"ray ({len(self._ray.nodes())} nodes, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; "
+                f"{self.settings.cpus:g} CPU and {self.gpus:g} GPU per run)")
+
+    def run(self, data: SplitArrays, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]]) -> Finished:
+        """Submit every pending run at once; yield each as it finishes. Runs still going when the
+        caller stops (an error, Ctrl-C) are cancelled."""
+        ray = self._ray
+        if not pending:
+            return
+        split = ray.put(data)  # once: every task reads the same object
+        task = ray.remote(train_task).options(num_cpus=self.settings.cpus, num_gpus=self.gpus, max_retries=0)
+        futures = {task.remote(split, num_classes, p, spec, folds[spec.fold], resume.get(spec.index),
+                               self.settings.threads, self.gpus): spec for spec in pending}
+        try:
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                spec = futures.pop(ready[0])
+                row, history, where = _get(ray, ready[0])
+                self.placements[spec.name] = where
+                gpu = f", CUDA_VISIBLE_DEVICES={where['cuda_visible_devices']}" if self.gpus > 0 else ""
+                print(f"{spec.variant} fold {spec.fold}: ran on {where['host']} (node {where['node'][:8]}, "
+                      f"pid {where['pid']}, {where['device']}{gpu})", file=sys.stderr)
+                yield spec, row, history
+        finally:
+            for future in futures:
+                ray.cancel(future, force=True)
+
+
+def _get(ray: Any, future: Any) -> Any:
+    """The task's value; its exception re-raised as itself (Ray wraps it in a RayTaskError)."""
+    try:
+        return ray.get(future)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+
+def open_train(prepared_dir: str | Path, stats: dict[str, Any], p: Params) -> SplitArrays:
+    """The train split as the arrays every run gets; refused when, preloaded, it exceeds
+    ``memory_budget_mb`` (each run holds all of it on its device; nothing streams from the files,
+    which a cluster's other machines do not have)."""
+    split = open_arrays(prepared_dir, "train", stats)
+    if split.float_mb > p.memory_budget_mb:
+        raise UserError(f"{RAY_ENV}: each Ray run holds the train split preloaded ({split.float_mb:.0f} MB as "
+                        f"float32), more than memory_budget_mb={p.memory_budget_mb}; raise memory_budget_mb if "
+                        f"every worker has that much memory, or unset {RAY_ENV} to stream it in one process")
+    return split
+
+
+@contextlib.contextmanager
+def fanout_from_env() -> Iterator[RayFanout | None]:
+    """The connected ``RayFanout`` that ``FOLDWISE_RAY`` asks for, or None (runs stay in this process)."""
+    settings = ray_from_env()
+    if settings is None:
+        yield None
+        return
+    with RayFanout(settings) as fanout:
+        yield fanout

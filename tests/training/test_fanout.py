@@ -1,0 +1,144 @@
+"""Crossval on Ray: the same tables as in one process, on a local Ray, on two nodes, with GPUs assigned.
+
+Real Ray (local instances and a ``ray.cluster_utils.Cluster`` of two nodes on this machine), real
+training on the conftest data. Ray takes seconds to start, so these are marked slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from foldwise.core.errors import UserError
+from foldwise.data.batches import Preloaded, SplitArrays
+from foldwise.data.normalize import to_inputs
+from foldwise.training.crossval import run_crossval
+from foldwise.training.fanout import RayFanout, RaySettings, ray_from_env
+from foldwise.training.monitor import Monitor
+from foldwise.training.resume import Checkpoints
+from tests.conftest import Interrupted, Killed
+
+
+
+def test_settings_come_from_the_environment_and_bad_values_name_the_variable():
+    assert ray_from_env({}) is None and ray_from_env({"FOLDWISE_RAY": "off"}) is None
+    assert ray_from_env({"FOLDWISE_RAY": "local"}) == RaySettings("local", 1.0, None)
+    assert ray_from_env({"FOLDWISE_RAY": "10.0.0.5:6379", "FOLDWISE_RAY_CPUS": "2",
+                         "FOLDWISE_RAY_GPUS": "0.25"}) == RaySettings("10.0.0.5:6379", 2.0, 0.25)
+    assert RaySettings("local", 0.5).threads == 1 and RaySettings("local", 3).threads == 3
+    for name, value in (("FOLDWISE_RAY_CPUS", "two"), ("FOLDWISE_RAY_CPUS", "0"), ("FOLDWISE_RAY_CPUS", "1.5"),
+                        ("FOLDWISE_RAY_GPUS", "-1"), ("FOLDWISE_RAY_GPUS", "1.5")):
+        with pytest.raises(UserError, match=rf"^{name}=.*is not valid; "):
+            ray_from_env({"FOLDWISE_RAY": "local", name: value})
+
+
+def arrays(tiny_set, tiny_stats) -> SplitArrays:
+    return SplitArrays(tiny_set.images.numpy(), tiny_set.labels.numpy(), tiny_stats)
+
+
+def sequential(tiny_set, tiny_stats, p, threads: int = 1):
+    """The runs in this process with ``threads`` torch threads, as a Ray run gets them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+        return run_crossval(Preloaded(x, tiny_set.labels), 3, p)
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_same(a, b) -> None:
+    """Equal tables and summary, bit for bit, wall-clock seconds aside."""
+    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"), check_exact=True)
+    pd.testing.assert_frame_equal(a.folds, b.folds, check_exact=True)
+    assert a.summary == b.summary
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: 2 CPUs and 2 logical GPUs (declared; there is no CUDA here)."""
+    ray = pytest.importorskip("ray")  # the optional extra `make test` installs
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+class Order(Monitor):
+    def __init__(self):
+        self.events = []
+
+    def on_epoch_end(self, row):
+        self.events.append(("epoch", row["variant"], row["fold"], row["epoch"]))
+
+    def on_resume(self, rows):
+        self.events.extend(("resumed", r["variant"], r["fold"], r["epoch"]) for r in rows)
+
+    def on_fold_end(self, row):
+        self.events.append(("fold", row["variant"], row["fold"]))
+
+
+@pytest.mark.slow
+def test_ray_crossval_gives_the_sequential_tables_bit_for_bit(local_ray, tiny_set, tiny_stats, tiny_params):
+    """2 workers x 1 thread each vs one process at 1 thread; the monitor sees the sequential order."""
+    p = dataclasses.replace(tiny_params, epochs=3)
+    on_ray = Order()
+    alone = sequential(tiny_set, tiny_stats, p)
+    with RayFanout(RaySettings("local", cpus=1, gpus=0)) as fanout:
+        fanned = run_crossval(arrays(tiny_set, tiny_stats), 3, p, on_ray, fanout=fanout)
+    assert_same(alone, fanned)
+    assert alone.history.train_loss.nunique() == len(alone.history)  # no degenerate tables
+    pids = {where["pid"] for where in fanout.placements.values()}
+    assert len(fanout.placements) == 6 and len(pids) == 2  # two workers shared the six runs
+    order = on_ray.events
+    runs = [(v, f) for v in p.compared for f in range(2)]
+    assert [e[1:] for e in order if e[0] == "fold"] == runs  # in the sequential order, whatever finished first
+    assert [e[1:3] for e in order if e[0] == "epoch"] == [r for r in runs for _ in range(3)]
+
+
+@pytest.mark.slow
+def test_concurrent_runs_on_logical_gpus_see_distinct_cuda_visible_devices(local_ray, tiny_set, tiny_stats,
+                                                                          tiny_params):
+    p = dataclasses.replace(tiny_params, epochs=3)
+    with RayFanout(RaySettings("local", cpus=1, gpus=1)) as fanout:
+        assert fanout.device_type == "cuda"
+        run_crossval(arrays(tiny_set, tiny_stats), 3, p, fanout=fanout)
+    places = list(fanout.placements.values())
+    assert {w["cuda_visible_devices"] for w in places} == {"0", "1"}
+    overlapping = [(a, b) for i, a in enumerate(places) for b in places[i + 1:]
+                   if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping  # two GPUs, six runs: some ran at the same time...
+    assert all(a["cuda_visible_devices"] != b["cuda_visible_devices"] for a, b in overlapping)  # ...never on one
+
+
+@pytest.mark.slow
+def test_an_interrupted_fan_out_resumes_from_the_runs_that_returned(local_ray, tmp_path, tiny_set, tiny_stats,
+                                                                   tiny_params):
+    p = tiny_params
+    split = arrays(tiny_set, tiny_stats)
+    with RayFanout(RaySettings("local", cpus=1, gpus=0)) as fanout:
+        with pytest.raises(Interrupted):  # killed once two runs were saved
+            run_crossval(split, 3, p, checkpoints=Killed("crossval", "k", tmp_path, n=2), fanout=fanout)
+        saved = sorted(f.stem for f in (tmp_path / "crossval" / "k").glob("run*.pt"))
+        assert len(saved) == 2
+        monitor = Order()
+        resumed = run_crossval(split, 3, p, monitor, Checkpoints("crossval", "k", tmp_path), fanout)
+    assert len(fanout.placements) == 6  # two returned before the kill; the second call trained the four others
+    assert_same(sequential(tiny_set, tiny_stats, p), resumed)
+    assert sum(e[0] == "resumed" for e in monitor.events) == 2 * p.epochs
+
+
+@pytest.mark.slow
+def test_errors_in_a_task_come_back_as_themselves(local_ray, tiny_set, tiny_stats, tiny_params):
+    bad = SplitArrays(tiny_set.images.numpy(), tiny_set.labels.numpy(), {"mean": [0.3, 0.3], "std": [0.3]})
+    with RayFanout(RaySettings("local", cpus=1, gpus=0)) as fanout, \
+            pytest.raises(ValueError, match="^stats have 2 channels, images have 1$"):
+        run_crossval(bad, 3, tiny_params, fanout=fanout)
+
+
+@pytest.mark.slow
+def test_a_run_needing_more_than_the_cluster_has_is_refused(local_ray):
+    with pytest.raises(UserError, match=r"^FOLDWISE_RAY_CPUS=4, but the Ray cluster has 2 CPUs in all"):
+        RayFanout(RaySettings("local", cpus=4)).__enter__()
