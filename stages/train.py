@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,9 @@ from foldwise.core.params import load_params
 from foldwise.data.batches import open_split
 from foldwise.data.layout import read_classes
 from foldwise.live.monitors import monitor_from_env
+from foldwise.training.ddp import join, launched, leave, relaunch
 from foldwise.training.engine import choose_device
+from foldwise.training.monitor import NullMonitor
 from foldwise.training.final import model_record, resolve_variant, save_checkpoint, train_final
 from foldwise.training.resume import for_stage
 
@@ -29,20 +32,26 @@ def main() -> None:
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
     args = parse_stage_args(parser, outputs=("model", "model_record", "history", "summary"))
     p = load_params()
+    if p.train_processes > 1 and not launched():  # DDP: this script again, under torchrun
+        sys.exit(relaunch(p.train_processes, sys.argv))
     variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
-    device = choose_device()
+    group, device = join(p.train_processes, choose_device())
     train, valid = (open_split(args.prepared, s, stats, device, p.memory_budget_mb) for s in ("train", "valid"))
     classes = read_classes(args.prepared)
     checkpoints = for_stage("train", p.for_variant(variant).to_dict(), device.type,
                             [Path(args.prepared) / "manifest.csv", args.stats])
-    monitor = monitor_from_env("train", predictions=True, live_dir=args.live)
+    # process 0 alone monitors and writes; the others only train
+    monitor = monitor_from_env("train", predictions=True, live_dir=args.live) if group.main else NullMonitor()
     monitor.start({"stage": "train", "params": p.for_variant(variant).to_dict(), "device": str(device),
                    "classes": classes, "total_epochs": p.for_variant(variant).epochs})
     try:
-        model, result = train_final(train, valid, len(classes), p, variant, monitor, checkpoints)
+        model, result = train_final(train, valid, len(classes), p, variant, monitor, checkpoints, group)
     finally:
         monitor.close()
+        leave(group)
+    if not group.main:
+        return
     best = result.history[result.best_epoch - 1]
     Path(args.live).mkdir(parents=True, exist_ok=True)  # a declared output, even if dvclive could not write
     write_csv(args.history, pd.DataFrame(result.history).drop(columns="seconds").round(6))

@@ -86,7 +86,7 @@ class Params:
     )
     compare: tuple[str, ...] = ()  # variants crossval runs, in order; () = all; "a+b" combines
     variant: str = "auto"
-
+    train_processes: int = 1  # the final training's DDP processes (torchrun); results depend on it
     def overrides(self, name: str) -> dict[str, Any]:
         """The overrides of variant ``name``; ``a+b`` merges a's and b's (they must not disagree)."""
         if name in self.variants:
@@ -246,6 +246,8 @@ def _check_ranges(p: Params, where: str = "") -> None:
             raise bad(key, "a float must be a fraction in (0, 1); use an integer for a count")
         if isinstance(size, int) and size < 1:
             raise bad(key, "an integer must be a count of images >= 1")
+    if p.train_processes < 1:
+        raise bad("train_processes", "expected 1 (one process) or more (DDP under torchrun)")
     if p.k_folds < 2:
         raise bad("k_folds", "cross-validation needs at least 2 folds (valid: 2 to the smallest class's size)")
     if p.channels not in (0, 1, 3):

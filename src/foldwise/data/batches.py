@@ -40,7 +40,8 @@ class BatchSource(Protocol):
     """What training and evaluation read a split from: ``Preloaded`` and ``Streamed`` are the two.
 
     ``batches(order, size)`` yields (inputs, labels) on the device, in
-    ``order`` (indices; None = stored order); ``labels`` are all the labels at
+    ``order`` (indices; None = stored order), ``size`` images each (or, with an order, a list of
+    batch sizes: DDP's slices); ``labels`` are all the labels at
     once (None for unlabelled images); ``subset`` is the same source
     restricted to some images (a fold).
     """
@@ -54,7 +55,7 @@ class BatchSource(Protocol):
 
     def subset(self, idx: np.ndarray) -> "BatchSource": ...
 
-    def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, Any]]: ...
+    def batches(self, order: torch.Tensor | None, size: int | list[int]) -> Iterator[tuple[torch.Tensor, Any]]: ...
 
 
 class Preloaded:
@@ -74,7 +75,7 @@ class Preloaded:
         index = torch.as_tensor(idx, device=self.x.device)  # pragma: no mutate (device: CUDA only)
         return Preloaded(self.x[index], None if self.labels is None else self.labels[index])
 
-    def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, Any]]:
+    def batches(self, order: torch.Tensor | None, size: int | list[int]) -> Iterator[tuple[torch.Tensor, Any]]:
         """Batches of ``size`` images in ``order`` (indices), or in stored order when ``order`` is
         None: then they are views, not copies (evaluating 10,000 images: 8 ms less per pass)."""
         if order is None:
@@ -103,7 +104,7 @@ class Streamed:
     def subset(self, idx: np.ndarray) -> "Streamed":
         return Streamed(self.files.subset(idx), self.stats, self.device, self.workers)
 
-    def batches(self, order: torch.Tensor | None, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor | None, size: int | list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if order is None:  # stored order
             order = torch.arange(len(self.files))
         # A DataLoader draws its workers' base seed from its generator: a private one keeps torch's

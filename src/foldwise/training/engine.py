@@ -24,6 +24,7 @@ from torch import nn
 from foldwise.core.params import Params
 from foldwise.data.batches import BatchSource
 from foldwise.training.augment import Augmenter
+from foldwise.training.ddp import SINGLE, Group
 from foldwise.training.monitor import Monitor, NullMonitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
 
@@ -33,6 +34,7 @@ AMP_ENV = "FOLDWISE_AMP"  # auto (bfloat16 autocast on CUDA) | off
 # 1,024, 390 ms at 2,048 (whose first activations, 51 MB, outgrow the CPU's cache); the MLP's time
 # does not depend on it.
 EVAL_BATCH = 1024
+RANK_SEED_STEP = 1_000_003  # DDP: process r's dropout and augmentation seeds are seed + r x this (0: seed itself)
 
 
 def choose_device(value: str | None = None) -> torch.device:
@@ -82,10 +84,17 @@ def _channels_last(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def to_training_layout(model: nn.Module) -> None:
+    """Channels-last weights for convolutional models (see ``_channels_last``); others unchanged."""
+    if _channels_last(model):
+        model.to(memory_format=torch.channels_last)  # pragma: no mutate (layout: speed, not results)
+
+
 def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.Optimizer,
                     p: Params, generator: torch.Generator, schedule: Schedule | None = None,
                     augmenter: Augmenter | None = None,
-                    on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[float, float]:
+                    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
+                    group: Group = SINGLE) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
 
     ``data`` is a batch source (``BatchSource``); the shuffling order is
@@ -95,20 +104,28 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
     compare. A trailing batch of one image is dropped: BatchNorm cannot train
     on it. ``on_step(batches_done, loss, lr)`` (a monitor) gets each batch's
     detached loss tensor, still on the device: reading it is the monitor's
-    choice, so no batch waits for the device here.
+    choice, so no batch waits for the device here. Under DDP (``group`` of N processes) each
+    process trains its slice of every global batch, and the losses and accuracies are all of them.
     """
     model.train()
     n = len(data)
     order = torch.randperm(n, generator=generator)
-    if n > 1 and n % p.batch_size == 1:
-        order = order[:-1]
+    rest = n % p.batch_size
+    if n > 1 and 0 < rest < 2 * group.world:  # each process's slice needs 2 images
+        order = order[:-rest]
+    sizes: int | list[int] = p.batch_size
+    if group.world > 1:  # this process's contiguous slice of each global batch, and its share of the mean
+        globals_ = order.split(p.batch_size)
+        slices = [b.tensor_split(group.world)[group.rank] for b in globals_]
+        weights = [len(s) * group.world / len(b) for s, b in zip(slices, globals_)]
+        order, sizes = torch.cat(slices), [len(s) for s in slices]
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
     nhwc = _channels_last(model)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    for step, (x, y) in enumerate(data.batches(order, p.batch_size), 1):
+    for step, (x, y) in enumerate(data.batches(order, sizes), 1):
         if augmenter is not None:
             x = augmenter(x)
         if nhwc:
@@ -116,7 +133,10 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
             data_loss = F.cross_entropy(logits.float(), y)
-        loss = data_loss + p.l1 * l1_penalty(model) if p.l1 > 0 else data_loss
+        # DDP averages gradients over processes: weighting each slice's mean by its share of the
+        # global batch makes that the gradient of the global batch's mean
+        share = data_loss * weights[step - 1] if group.world > 1 else data_loss
+        loss = share + p.l1 * l1_penalty(model) if p.l1 > 0 else share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +147,9 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
         loss_sum += data_loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
+    if group.world > 1:
+        loss_total, correct_total, seen_total = group.total(loss_sum, correct, seen)
+        return loss_total / seen_total, correct_total / seen_total
     return loss_sum.item() / seen, correct.item() / seen
 
 
@@ -229,9 +252,23 @@ def _step_hook(monitor: Monitor, tags: dict[str, Any], done: int,
     return lambda step, loss, lr: monitor.on_step(tags, done + step / steps, loss, lr)
 
 
+def _validate(model: nn.Module, valid: BatchSource, group: Group) -> tuple[float, float, torch.Tensor]:
+    """Valid loss, accuracy and predicted classes; under DDP each process evaluates its share
+    (``valid`` is then that share) and the sums are all-reduced, so every process gets the same."""
+    if group.world == 1:
+        checked = evaluate(model, valid)
+        return checked.loss, checked.accuracy, checked.predicted
+    core = model.module
+    group.share_buffers(core)
+    checked = evaluate(core, valid)
+    loss_sum, correct, seen = group.total(checked.loss * len(valid), checked.accuracy * len(valid), len(valid))
+    predicted = torch.cat([part.to(checked.predicted.device) for part in group.gather(checked.predicted.cpu())])
+    return loss_sum / seen, round(correct) / seen, predicted
+
+
 def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, seed: int, monitor: Monitor | None = None,
         tags: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
-        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        checkpoint: Callable[[dict[str, Any]], None] | None = None, group: Group = SINGLE) -> FitResult:
     """Train for ``p.epochs`` (fewer when early stopping), validating after each epoch.
 
     ``tags`` (e.g. variant, fold) are copied into every history row so rows
@@ -239,27 +276,33 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
     receives everything needed to continue (weights, optimiser, schedule,
     every random generator, history); passing that as ``resume`` continues
     the run exactly where it stopped, giving the same result as an
-    uninterrupted run.
+    uninterrupted run. Under DDP, ``model`` is the ``DistributedDataParallel`` of ``group``'s
+    processes: every process calls ``fit`` and ``checkpoint``, whose state holds every process's
+    random generators (process 0 writes it).
     """
     monitor = monitor or NullMonitor()
     tags = tags or {}
     device = next(model.parameters()).device
-    if _channels_last(model):
-        model.to(memory_format=torch.channels_last)  # pragma: no mutate (layout: speed, not results)
+    core = model.module if group.world > 1 else model  # the weights to keep, save and resume
+    labels = valid.labels
+    if group.world > 1:
+        valid = valid.subset(group.shard(len(valid)))
+    to_training_layout(model)
     generator = torch.Generator().manual_seed(seed)
-    augmenter = Augmenter(p, seed) if p.augment else None
+    augmenter = Augmenter(p, seed + RANK_SEED_STEP * group.rank) if p.augment else None  # own crops per process
     optimizer = make_optimizer(model, p)
     steps = max(1, -(-len(train) // p.batch_size))  # batches per epoch
     schedule = Schedule(optimizer, p, steps)
     result = FitResult()
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        mine = (lambda key: resume[key][group.rank]) if group.world > 1 else resume.__getitem__
+        core.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
         if augmenter is not None:
-            augmenter.load_state_dict(resume["augmenter"])
-        _set_rng_state(resume["rng"], device)
+            augmenter.load_state_dict(mine("augmenter"))
+        _set_rng_state(mine("rng"), device)
         result = FitResult(**resume["result"])
         monitor.on_resume(result.history)
     while len(result.history) < p.epochs and not result.stopped_early:
@@ -267,23 +310,24 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(model, train, optimizer, p, generator, schedule, augmenter,
-                                                _step_hook(monitor, tags, epoch - 1, steps))
-        checked = evaluate(model, valid)
-        valid_loss, valid_acc = checked.loss, checked.accuracy
+                                                _step_hook(monitor, tags, epoch - 1, steps), group)
+        valid_loss, valid_acc, predicted = _validate(model, valid, group)
         if monitor.wants_predictions:
-            monitor.on_predictions({**tags, "epoch": epoch}, valid.labels, checked.predicted)
+            monitor.on_predictions({**tags, "epoch": epoch}, labels, predicted)
         schedule.after_epoch(valid_loss)
         row = {**tags, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr,
                "seconds": time.perf_counter() - started}
-        result.add_epoch(row, model, p)
+        result.add_epoch(row, core, p)
         monitor.on_epoch_end(row)
         if checkpoint is not None:
-            checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            own = {"augmenter": None if augmenter is None else augmenter.state_dict(), "rng": _rng_state(device)}
+            if group.world > 1:  # each process's own streams, in rank order
+                own = {key: [state[key] for state in group.gather(own)] for key in own}
+            checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                        "augmenter": None if augmenter is None else augmenter.state_dict(),
-                        "rng": _rng_state(device), "result": dataclasses.asdict(result)})
+                        **own, "result": dataclasses.asdict(result)})
     if p.patience > 0:  # early stopping restores the best weights, whether or not it stopped
-        model.load_state_dict(result.best_state)
+        core.load_state_dict(result.best_state)
         result.restored_best = True
     return result

@@ -1,0 +1,121 @@
+"""Crossval in one process vs on Ray: the fan-out's overhead here, and runs per GPU on a CUDA machine.
+
+    .venv/bin/python benchmarks/scale_out.py [--quick] [--out benchmarks/scale_out.md]
+
+Needs the prepared default dataset (``dvc repro normalize`` or ``make run``) and Ray (``make test``
+installs it). On this machine: params.yaml's cross-validation (every compared variant on every fold)
+trained (1) in this process, torch at its default thread count, as the crossval stage does it, and
+(2) as Ray tasks on a local Ray of this machine's cores with ``FOLDWISE_RAY_CPUS`` = that count:
+one run at a time with the same threads, so what differs is Ray alone (starting it, shipping the
+split, a worker per run slot, gathering results). Both are timed from the stage's point of view
+(Ray's start and stop included) and their tables must be identical. On a CUDA machine it also
+times the Ray path at 1, 2 and 4 runs per GPU (``FOLDWISE_RAY_GPUS`` = 1, 0.5, 0.25).
+``--quick`` (for the test suite): 300 images, 1 epoch, 2 folds; its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from foldwise.core.params import load_params
+from foldwise.data.batches import Preloaded, open_arrays, open_split
+from foldwise.data.layout import read_classes
+from foldwise.training.crossval import run_crossval
+from foldwise.training.fanout import RayFanout, RaySettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cv_inputs(prepared: Path, quick: bool):
+    p = load_params(ROOT / "params.yaml")
+    stats = json.loads((prepared.parent / "stats.json").read_text())
+    if quick:
+        p = dataclasses.replace(p, epochs=1, k_folds=2, compare=("baseline", "l2"))
+    return p, stats, len(read_classes(prepared))
+
+
+def identical(a, b) -> bool:
+    return (a.history.drop(columns="seconds").equals(b.history.drop(columns="seconds"))
+            and a.folds.equals(b.folds) and a.summary == b.summary)
+
+
+def measure(prepared: Path, quick: bool) -> dict:
+    p, stats, classes = cv_inputs(prepared, quick)
+    threads = torch.get_num_threads()
+    arrays = open_arrays(prepared, "train", stats)
+    if quick:
+        arrays = type(arrays)(arrays.images[:300], arrays._labels[:300], stats)
+    rows = []
+    started = time.perf_counter()
+    source = open_split(prepared, "train", stats, torch.device("cpu"), p.memory_budget_mb)
+    if quick:
+        source = Preloaded(source.x[:300], source.labels[:300])
+    alone = run_crossval(source, classes, p)
+    rows.append({"path": f"one process, {threads} threads", "seconds": time.perf_counter() - started})
+    del source
+    started = time.perf_counter()
+    with RayFanout(RaySettings("local", cpus=float(threads), gpus=0.0), num_cpus=threads) as fanout:
+        fanned = run_crossval(arrays, classes, p, fanout=fanout)
+    rows.append({"path": f"Ray, local: 1 worker x {threads} threads", "seconds": time.perf_counter() - started,
+                 "identical": identical(alone, fanned)})
+    if torch.cuda.is_available():
+        for per_gpu in (1, 2, 4):
+            started = time.perf_counter()
+            with RayFanout(RaySettings("local", cpus=1.0, gpus=1 / per_gpu)) as fanout:
+                run_crossval(arrays, classes, p, fanout=fanout)
+            rows.append({"path": f"Ray on {torch.cuda.device_count()} GPU(s): {per_gpu} runs per GPU",
+                         "seconds": time.perf_counter() - started})
+    runs = len(p.compared) * p.k_folds
+    return {"rows": rows, "runs": runs, "epochs": p.epochs, "images": len(arrays), "threads": threads,
+            "overhead": rows[1]["seconds"] / rows[0]["seconds"] - 1}
+
+
+def markdown(m: dict, quick: bool) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Scale-out: crossval in one process vs on Ray", "",
+        f"Written by `.venv/bin/python benchmarks/scale_out.py{' --quick' if quick else ''}` on "
+        f"{datetime.date.today().isoformat()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}. "
+        f"params.yaml's cross-validation: {m['runs']} runs (variants x folds) of {m['epochs']} epochs on "
+        f"{m['images']:,} training images. Both paths are timed as the crossval stage sees them (Ray's "
+        f"start and stop included), one after the other in this one process; compare their ratio, not "
+        f"the seconds across machines or days.", "",
+        "| path | wall s | vs one process | tables identical |", "|---|---:|---:|---|",
+    ]
+    base = m["rows"][0]["seconds"]
+    for row in m["rows"]:
+        same = {True: "yes", False: "**no**"}.get(row.get("identical"), "")
+        lines.append(f"| {row['path']} | {row['seconds']:.1f} | {row['seconds'] / base:.3f} | {same} |")
+    lines += ["", f"Ray's overhead on this machine: **{100 * m['overhead']:+.1f}%** of the sequential wall time."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--prepared", default=str(ROOT / "data" / "prepared"))
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    m = measure(Path(args.prepared), args.quick)
+    text = markdown(m, args.quick)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    if not all(r.get("identical", True) for r in m["rows"]):
+        sys.exit("the Ray path's tables differ from the sequential ones")
+
+
+if __name__ == "__main__":
+    pd.set_option("display.width", 200)
+    main()
