@@ -21,7 +21,9 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,8 +79,37 @@ def measure(prepared: Path, quick: bool) -> dict:
             rows.append({"path": f"Ray on {torch.cuda.device_count()} GPU(s): {per_gpu} runs per GPU",
                          "seconds": time.perf_counter() - started})
     runs = len(p.compared) * p.k_folds
+    rows += ddp_rows(prepared, quick)
     return {"rows": rows, "runs": runs, "epochs": p.epochs, "images": len(arrays), "threads": threads,
             "overhead": rows[1]["seconds"] / rows[0]["seconds"] - 1}
+
+
+def ddp_rows(prepared: Path, quick: bool) -> list[dict]:
+    """The train stage (params.yaml's, its baseline variant pinned) in 1 and in 2 processes (DDP)."""
+    import yaml
+
+    out = []
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for processes in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            params = {**raw, "variant": "baseline", "train_processes": processes}
+            if quick:
+                params.update(epochs=1, max_images_per_split=300)
+            Path(tmp, "params.yaml").write_text(yaml.safe_dump(params))
+            Path(tmp, "cv.json").write_text("{}")
+            env = {**os.environ, "FOLDWISE_CHECKPOINTS": str(Path(tmp, "checkpoints"))}
+            started = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "--prepared", str(prepared),
+                            "--stats", str(prepared.parent / "stats.json"), "--cv", "cv.json",
+                            "--model", "m.pt", "--model-record", "m.json", "--history", "h.csv",
+                            "--summary", "t.json", "--live", "live"], cwd=tmp, env=env, check=True,
+                           capture_output=True)
+            seconds = time.perf_counter() - started
+            acc = json.loads(Path(tmp, "t.json").read_text())["valid_acc"]
+        out.append({"path": f"final training: {processes} process{'es' if processes > 1 else ''}"
+                            f"{' (DDP, gloo)' if processes > 1 else ''}, valid acc {acc:.4f}", "seconds": seconds,
+                    "base": "train"})
+    return out
 
 
 def markdown(m: dict, quick: bool) -> str:
@@ -93,11 +124,15 @@ def markdown(m: dict, quick: bool) -> str:
         f"the seconds across machines or days.", "",
         "| path | wall s | vs one process | tables identical |", "|---|---:|---:|---|",
     ]
-    base = m["rows"][0]["seconds"]
+    cv_base = m["rows"][0]["seconds"]
     for row in m["rows"]:
+        base = m["rows"][-2]["seconds"] if row.get("base") == "train" else cv_base
         same = {True: "yes", False: "**no**"}.get(row.get("identical"), "")
         lines.append(f"| {row['path']} | {row['seconds']:.1f} | {row['seconds'] / base:.3f} | {same} |")
-    lines += ["", f"Ray's overhead on this machine: **{100 * m['overhead']:+.1f}%** of the sequential wall time."]
+    lines += ["", "The last two rows are the train stage (params.yaml, variant baseline) started as DVC starts it, "
+              "compared with each other: one process at torch's thread count vs `train_processes: 2` "
+              "(torchrun, two CPU processes of one thread each).", "",
+              f"Ray's overhead on this machine: **{100 * m['overhead']:+.1f}%** of the sequential wall time."]
     return "\n".join(lines) + "\n"
 
 

@@ -117,3 +117,19 @@ def test_batches_in_stored_order_are_consecutive_slices_of_the_given_size():
     assert [b.flatten().tolist() for b, _ in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert [t.tolist() for _, t in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert got[0][0].data_ptr() == x.data_ptr()  # a view, not a copy
+
+
+def test_shipped_arrays_rebuild_the_very_tensor_open_split_preloads(prepared):
+    """What a Ray run trains on (uint8 arrays, pickled as Ray ships them, normalised on arrival) is
+    the preloading path's tensor, bit for bit."""
+    import pickle
+
+    from foldwise.data.batches import open_arrays
+
+    preloaded = open_split(prepared, "train", STATS, CPU, memory_budget_mb=1)
+    arrays = pickle.loads(pickle.dumps(open_arrays(prepared, "train", STATS)))
+    assert arrays.images.dtype == np.uint8 and arrays.shape == preloaded.shape and len(arrays) == 120
+    assert arrays.float_mb == pytest.approx(120 * 3 * 12 * 12 * 4 / 2**20)
+    rebuilt = arrays.to_source(CPU)
+    assert torch.equal(rebuilt.x, preloaded.x) and torch.equal(rebuilt.labels, preloaded.labels)
+    assert torch.equal(arrays.labels, preloaded.labels)

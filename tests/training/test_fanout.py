@@ -142,3 +142,16 @@ def test_errors_in_a_task_come_back_as_themselves(local_ray, tiny_set, tiny_stat
 def test_a_run_needing_more_than_the_cluster_has_is_refused(local_ray):
     with pytest.raises(UserError, match=r"^FOLDWISE_RAY_CPUS=4, but the Ray cluster has 2 CPUs in all"):
         RayFanout(RaySettings("local", cpus=4)).__enter__()
+
+
+def test_a_split_too_big_to_preload_is_refused_before_ray_starts(tmp_path, tiny_params):
+    from foldwise.data.prepare import prepare
+    from foldwise.training.fanout import open_train
+    from tests.conftest import CLASSES, make_images
+
+    prepare({"train": make_images(60), "test": make_images(30, seed=1)}, tuple(CLASSES), tmp_path, 10, 0, seed=0)
+    stats = {"mean": [0.3], "std": [0.3]}
+    assert len(open_train(tmp_path, stats, tiny_params)) == 50
+    with pytest.raises(UserError, match=r"^FOLDWISE_RAY: each Ray run holds the train split preloaded \(0 MB as "
+                                        r"float32\), more than memory_budget_mb=0; raise memory_budget_mb"):
+        open_train(tmp_path, stats, dataclasses.replace(tiny_params, memory_budget_mb=0))
