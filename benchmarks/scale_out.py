@@ -10,7 +10,8 @@ one run at a time with the same threads, so what differs is Ray alone (starting 
 split, a worker per run slot, gathering results). Both are timed from the stage's point of view
 (Ray's start and stop included) and their tables must be identical. On a CUDA machine it also
 times the Ray path at 1, 2 and 4 runs per GPU (``FOLDWISE_RAY_GPUS`` = 1, 0.5, 0.25).
-``--quick`` (for the test suite): 300 images, 1 epoch, 2 folds; its times mean nothing.
+``--quick`` (for the test suite, which has no prepared Fashion-MNIST): scikit-learn's digits,
+prepared by the real stages in a temporary folder, 1 epoch, 2 folds; its times mean nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 
 from foldwise.core.params import load_params
-from foldwise.data.batches import Preloaded, open_arrays, open_split
+from foldwise.data.batches import open_arrays, open_split
 from foldwise.data.layout import read_classes
 from foldwise.training.crossval import run_crossval
 from foldwise.training.fanout import RayFanout, RaySettings
@@ -39,8 +40,28 @@ from foldwise.training.fanout import RayFanout, RaySettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def base_params(quick: bool) -> dict:
+    """params.yaml as written (``--quick``: on digits, 1 epoch)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {**raw, "dataset": "digits", "epochs": 1} if quick else raw
+
+
+def prepare_digits(folder: Path) -> Path:
+    """``--quick``: digits downloaded, prepared and normalised by the real stages in ``folder``."""
+    import yaml
+
+    Path(folder, "params.yaml").write_text(yaml.safe_dump(base_params(True)))
+    for stage, *args in (("download", "--out", "data/raw"), ("prepare", "--raw", "data/raw", "--out", "data/prepared"),
+                         ("normalize", "--prepared", "data/prepared", "--out", "data/stats.json")):
+        subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=folder, check=True,
+                       capture_output=True)
+    return Path(folder, "data", "prepared")
+
+
 def cv_inputs(prepared: Path, quick: bool):
-    p = load_params(ROOT / "params.yaml")
+    p = load_params(prepared.parents[1] / "params.yaml" if quick else ROOT / "params.yaml")
     stats = json.loads((prepared.parent / "stats.json").read_text())
     if quick:
         p = dataclasses.replace(p, epochs=1, k_folds=2, compare=("baseline", "l2"))
@@ -56,13 +77,9 @@ def measure(prepared: Path, quick: bool) -> dict:
     p, stats, classes = cv_inputs(prepared, quick)
     threads = torch.get_num_threads()
     arrays = open_arrays(prepared, "train", stats)
-    if quick:
-        arrays = type(arrays)(arrays.images[:300], arrays._labels[:300], stats)
     rows = []
     started = time.perf_counter()
     source = open_split(prepared, "train", stats, torch.device("cpu"), p.memory_budget_mb)
-    if quick:
-        source = Preloaded(source.x[:300], source.labels[:300])
     alone = run_crossval(source, classes, p)
     rows.append({"path": f"one process, {threads} threads", "seconds": time.perf_counter() - started})
     del source
@@ -89,12 +106,9 @@ def ddp_rows(prepared: Path, quick: bool) -> list[dict]:
     import yaml
 
     out = []
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for processes in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            params = {**raw, "variant": "baseline", "train_processes": processes}
-            if quick:
-                params.update(epochs=1, max_images_per_split=300)
+            params = {**base_params(quick), "variant": "baseline", "train_processes": processes}
             Path(tmp, "params.yaml").write_text(yaml.safe_dump(params))
             Path(tmp, "cv.json").write_text("{}")
             env = {**os.environ, "FOLDWISE_CHECKPOINTS": str(Path(tmp, "checkpoints"))}
@@ -142,7 +156,11 @@ def main() -> None:
     parser.add_argument("--prepared", default=str(ROOT / "data" / "prepared"))
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    m = measure(Path(args.prepared), args.quick)
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            m = measure(prepare_digits(Path(tmp)), True)
+    else:
+        m = measure(Path(args.prepared), False)
     text = markdown(m, args.quick)
     if args.out:
         Path(args.out).write_text(text)
