@@ -37,7 +37,7 @@ class Bug:
 
 BUGS = (
     Bug("cv-unpaired-seed", "every variant on fold f starts from a different seed (the comparison is no longer paired)",
-        "training/crossval.py", "seed = p.seed + fold  #", "seed = p.seed + fold + index  #", ("tests/training/test_crossval.py",)),
+        "training/crossval.py", "seed = p.seed + spec.fold  #", "seed = p.seed + spec.fold + spec.index  #", ("tests/training/test_crossval.py",)),
     Bug("cv-validates-on-train", "crossval validates on the training fold instead of the held-out fold",
         "training/crossval.py", "data.subset(train_idx), data.subset(valid_idx)", "data.subset(train_idx), data.subset(train_idx)",
         ("tests/training/test_crossval.py",)),
@@ -53,8 +53,8 @@ BUGS = (
     Bug("no-zero-grad", "optimizer.zero_grad removed: gradients pile up from batch to batch",
         "training/engine.py", "optimizer.zero_grad(set_to_none=True)", "pass", ("tests/training/test_engine.py",)),
     Bug("fit-augments-valid", "augmentation applied to the validation images inside fit",
-        "training/engine.py", "checked = evaluate(model, valid)\n",
-        "checked = evaluate(model, valid if augmenter is None else type(valid)(augmenter(valid.x), valid.labels))\n",
+        "training/engine.py", "_validate(model, valid, group)\n",
+        "_validate(model, valid if augmenter is None else type(valid)(augmenter(valid.x), valid.labels), group)\n",
         ("tests/training/test_engine.py",)),
     Bug("predict-train-mode", "predict leaves dropout and BatchNorm in training mode",
         "training/engine.py", "    model.eval()\n    device = next(", "    device = next(", ("tests/training/test_engine.py",)),
