@@ -135,9 +135,12 @@ class SplitArrays:
     tensor ``open_split`` preloads."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, stats: dict[str, Any]) -> None:
-        self.images, self.stats = images, stats
-        self.labels = torch.from_numpy(np.array(labels))  # a copy: Ray's arrays are read-only
-        self._labels = labels
+        self.images, self.label_array, self.stats = images, labels, stats
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels as a tensor (a copy: arrays from Ray's object store are read-only)."""
+        return torch.from_numpy(np.array(self.label_array))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -151,13 +154,10 @@ class SplitArrays:
         """Size of the split once preloaded as float32 (MB), to compare with ``memory_budget_mb``."""
         return self.images.size * BYTES_PER_VALUE / 2**20
 
-    def __reduce__(self) -> tuple[Any, ...]:  # the arrays travel, not the torch view of the labels
-        return SplitArrays, (self.images, self._labels, self.stats)
-
     def to_source(self, device: torch.device) -> Preloaded:
         # copies: arrays from Ray's object store are read-only, which torch.from_numpy warns about
         images = torch.from_numpy(np.array(self.images))
-        return Preloaded(to_inputs(images, self.stats, device), torch.from_numpy(np.array(self._labels)).to(device))
+        return Preloaded(to_inputs(images, self.stats, device), self.labels.to(device))
 
 
 def open_arrays(prepared_dir: str | Path, split: str, stats: dict[str, Any]) -> SplitArrays:

@@ -76,16 +76,17 @@ class Fanout(Protocol):
 
 
 def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
-              folds: list[tuple[np.ndarray, np.ndarray]], monitor: Monitor | None = None,
+              fold: tuple[np.ndarray, np.ndarray], monitor: Monitor | None = None,
               saved: dict[str, Any] | None = None,
               save: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one run on its fold of ``data`` (a batch source): its folds.csv row and its history.
+    """Train one run on its ``fold`` (train and valid indices) of ``data`` (a batch source): its
+    folds.csv row and its history.
 
     Fold ``f`` starts from seed ``p.seed + f`` whatever the variant (paired runs). ``saved`` (a
     checkpoint ``save`` wrote after an epoch) continues an interrupted run. Every process that
     calls this with the same arguments and torch thread count gets the same result, bit for bit.
     """
-    train_idx, valid_idx = folds[spec.fold]
+    train_idx, valid_idx = fold
     vp = p.for_variant(spec.variant)
     seed = p.seed + spec.fold  # same start for every variant on this fold
     seed_everything(seed)
@@ -119,7 +120,7 @@ def _in_process(data: BatchSource, num_classes: int, p: Params, folds: list[tupl
     """The pending runs one after another in this process, checkpointed after every epoch."""
     for spec in pending:
         save = (lambda state, name=spec.name: checkpoints.save(name, state)) if checkpoints else None
-        yield spec, *train_run(data, num_classes, p, spec, folds, monitor, resume.get(spec.index), save)
+        yield spec, *train_run(data, num_classes, p, spec, folds[spec.fold], monitor, resume.get(spec.index), save)
 
 
 def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monitor | None = None,

@@ -105,8 +105,8 @@ def train_task(split: SplitArrays, num_classes: int, p: Params, spec: RunSpec,
     # no GPU asked for: the CPU, even on a GPU node (Ray leaves CUDA_VISIBLE_DEVICES alone then)
     device = choose_device() if gpus > 0 else torch.device("cpu")
     data = split.to_source(device)
-    folds = {spec.fold: tuple(np.array(part) for part in fold)}  # writable copies of Ray's read-only arrays
-    row, history = train_run(data, num_classes, p, spec, folds, saved=saved)  # type: ignore[arg-type]
+    writable = (np.array(fold[0]), np.array(fold[1]))  # copies: Ray's arrays are read-only
+    row, history = train_run(data, num_classes, p, spec, writable, saved=saved)
     return row, history, {**_placement(gpus), "device": str(device), "start": started, "end": time.time()}
 
 
