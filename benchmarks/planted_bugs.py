@@ -74,6 +74,20 @@ BUGS = (
     Bug("key-ignores-code", "the checkpoint key ignores the package's code",
         "training/resume.py", 'for f in files), *code]', 'for f in files)]',
         ("tests/training/test_resume.py",)),
+    Bug("temperature-fit-on-test", "the temperature is fitted on the test images it is then judged on",
+        "training/ensemble.py", "fit_temperature(log_probabilities(members, valid, flip), valid.labels.cpu())",
+        "fit_temperature(log_probabilities(members, test, flip), test.labels.cpu())", ("tests/training/test_ensemble.py",)),
+    Bug("ensemble-averages-logits", "the ensemble averages the members' logits instead of their probabilities",
+        "training/ensemble.py",
+        "probs = torch.stack([F.softmax(m(v).float(), dim=1) for m in self.members for v in views]).mean(0)",
+        "probs = F.softmax(torch.stack([m(v).float() for m in self.members for v in views]).mean(0), dim=1)",
+        ("tests/training/test_ensemble.py",)),
+    Bug("ece-unweighted", "ECE averages the bins' gaps without weighting them by their images",
+        "reporting/calibration.py", 'return float((full["count"] * gaps).sum() / max(int(table["count"].sum()), 1))',
+        "return float(gaps.mean())", ("tests/reporting/test_calibration.py",)),
+    Bug("mcnemar-one-sided", "McNemar's p is one-sided (half the two-sided value)",
+        "reporting/calibration.py", "return min(1.0, 2 * tail / 2**n)", "return min(1.0, tail / 2**n)",
+        ("tests/reporting/test_calibration.py",)),
 )
 
 

@@ -14,6 +14,7 @@ from foldwise.reporting.cvstats import cv_table, explain_choice, headline
 from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import choose_device
 from foldwise.training.fanout import fanout_from_env, open_train
+from foldwise.training.model_files import save_fold_models
 from foldwise.training.resume import for_stage
 
 
@@ -27,7 +28,9 @@ def main() -> None:
     parser.add_argument("--summary", required=True, help="JSON: the full statistics (CIs, differences, epochs)")
     parser.add_argument("--table", required=True, help="Markdown: the CV table, the choice and why")
     parser.add_argument("--live", required=True, help="dvclive's folder: per-epoch curves while it runs")
-    args = parse_stage_args(parser, outputs=("history", "folds", "metrics", "summary", "table"))
+    parser.add_argument("--fold-models", required=True,
+                        help="folder for the kept fold models (<variant>/fold<k>.pt) and folds.json")
+    args = parse_stage_args(parser, outputs=("history", "folds", "metrics", "summary", "table", "fold_models"))
     p = load_params()
     stats = json.loads(Path(args.stats).read_text())
     with fanout_from_env() as fanout:  # None unless FOLDWISE_RAY is set: then the runs are Ray tasks
@@ -53,6 +56,7 @@ def main() -> None:
     write_json(args.summary, result.summary)
     write_json(args.metrics, headline(result.summary))
     write_text(args.table, cv_table(result.summary))
+    save_fold_models(args.fold_models, result.weights, p, classes, stats, train.shape, result.kept_note)
     checkpoints.clear()
     print(f"chosen {explain_choice(result.summary)}")
 

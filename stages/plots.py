@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--predictions", required=True)
     parser.add_argument("--confusion", required=True)
     parser.add_argument("--provenance", required=True, help="evaluate's provenance JSON (the seed of the galleries)")
+    parser.add_argument("--calibration", required=True, help="evaluate's reliability bins (CSV)")
+    parser.add_argument("--comparison", required=True, help="evaluate's comparison JSON (the model used, its T)")
     parser.add_argument("--prepared", required=True, help="prepared images (the galleries show test images)")
     parser.add_argument("--out", required=True, help="folder for the PNG figures")
     parser.add_argument("--curves", required=True, help="folder for <family>.csv (loss, accuracy)")
@@ -29,6 +31,7 @@ def main() -> None:
     chosen = json.loads(Path(args.cv).read_text())["chosen"]
     classes = read_classes(args.prepared)
     seed = json.loads(Path(args.provenance).read_text())["seed"]
+    comparison = json.loads(Path(args.comparison).read_text())
     cv_history, train_history = pd.read_csv(args.cv_history), pd.read_csv(args.train_history)
     predictions = read_table(args.predictions)
     mistakes = confident_mistakes(predictions)
@@ -40,11 +43,13 @@ def main() -> None:
         figures.save(figures.confusion(matrix, classes), tmp / "confusion_matrix.png")
         figures.save(figures.gallery(images_at(args.prepared, "test", mistakes["index"]), mistakes,
                                      f"The {len(mistakes)} most confidently misclassified test images: "
-                                     "true / predicted (probability)"), tmp / "misclassified.png")
+                                     "true / predicted (calibrated probability)"), tmp / "misclassified.png")
         figures.save(figures.gallery(images_at(args.prepared, "test", examples["index"]), examples,
                                      f"{len(examples)} test images picked at random (seed {seed}): "
-                                     "true / predicted (probability); mistakes in red"),
+                                     "true / predicted (calibrated probability); mistakes in red"),
                      tmp / "sample_predictions.png")
+        figures.save(figures.reliability_diagram(pd.read_csv(args.calibration), comparison["used"],
+                                                 comparison["temperature"]), tmp / "reliability.png")
     with atomic_dir(args.curves) as tmp:
         for family, table in curve_families(cv_history, train_history).items():
             table.to_csv(tmp / f"{family}.csv", index=False)

@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--cv", required=True, help="crossval's full summary JSON")
     parser.add_argument("--cv-folds", required=True)
     parser.add_argument("--train", required=True, help="train's JSON summary")
-    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--comparison", required=True, help="evaluate's comparison JSON (single, ensemble, calibration)")
     parser.add_argument("--per-class", required=True)
     parser.add_argument("--provenance", required=True)
     parser.add_argument("--confusion", required=True)
@@ -27,7 +27,7 @@ def main() -> None:
     args = parse_stage_args(parser, outputs=("out",))
     read = lambda path: json.loads(Path(path).read_text())  # noqa: E731
     text = build(load_params(), read(args.prepared_report), read(args.cv), pd.read_csv(args.cv_folds),
-                 read(args.train), read(args.metrics), read_table(args.per_class), read(args.provenance),
+                 read(args.train), read(args.comparison), read_table(args.per_class), read(args.provenance),
                  read_table(args.confusion))
     write_text(args.out, text)
     print(f"report in {args.out}")

@@ -16,7 +16,8 @@ from foldwise.live.monitors import monitor_from_env
 from foldwise.training.ddp import join, launched, leave, relaunch
 from foldwise.training.engine import choose_device
 from foldwise.training.monitor import NullMonitor
-from foldwise.training.final import model_record, resolve_variant, save_checkpoint, train_final
+from foldwise.training.final import resolve_variant, train_final
+from foldwise.training.model_files import model_record, save_checkpoint
 from foldwise.training.resume import for_stage
 
 

@@ -21,7 +21,7 @@ SMALL = {"max_images_per_split": "400", "epochs": "2", "batch_size": "32", "k_fo
 METRICS = ["reports/metrics.json", "reports/cv.json", "reports/train.json"]
 ALL_STAGES = {"download", "prepare", "normalize", "crossval", "train", "evaluate", "plots", "report"}
 FIGURES = {"learning_curves.png", "cv_comparison.png", "confusion_matrix.png", "misclassified.png",
-           "sample_predictions.png"}
+           "sample_predictions.png", "reliability.png"}
 
 
 def run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -175,7 +175,18 @@ def test_repro_runs_the_whole_pipeline(repo):
     assert {p.name for p in (repo / "reports/figures").iterdir()} == FIGURES
     report = (repo / "reports/report.md").read_text()
     assert "| max_images_per_split | `400` | `0` |" in report  # the params this run changed
-    assert f"Accuracy {metrics['test']['accuracy']:.4f}" in report
+    used = json.loads((repo / "reports/evaluate/comparison.json").read_text())
+    row = next(r for r in used["rows"] if r["name"] == used["used"])
+    assert f"accuracy {row['accuracy']:.4f}" in report and "## Single model, fold ensemble, calibration" in report
+    # the fold ensemble: crossval kept the chosen variant's K fold models, evaluate measured them
+    folds = json.loads((repo / "models/folds/folds.json").read_text())
+    assert list(folds["variants"]) == [cv["chosen"]] and len(folds["variants"][cv["chosen"]]) == 2
+    assert sorted(p.name for p in (repo / "models/folds" / cv["chosen"]).iterdir()) == ["fold0.pt", "fold1.pt"]
+    assert set(metrics) == {"test", "ensemble", "calibration"} and 0.3 < metrics["ensemble"]["accuracy"] <= 1
+    assert 0 <= metrics["ensemble"]["mcnemar_p"] <= 1 and metrics["calibration"]["temperature"] > 0
+    assert metrics["calibration"]["model"] == provenance["model_used"] == used["used"]
+    assert (repo / "reports/evaluate/predictions.csv").read_text().startswith(
+        "index,actual,predicted,calibrated_confidence\n")
     assert all(f"(figures/{name})" in report for name in FIGURES)
 
 
@@ -217,6 +228,21 @@ def test_exp_run_reruns_only_training_stages_and_compares(repo):
     html = (repo / "plots-html" / "index.html").read_text()
     assert "Test confusion matrix" in html and "learning_curves.png" in html
     assert "<script src=" not in html and "/* vega-embed@6.18.2 */" in html  # .dvc/config's offline template
+
+
+def test_exp_run_of_ensemble_or_tta_reruns_only_evaluate_and_what_reads_it(repo):
+    out = run(repo, "dvc", "exp", "run", "-S", "ensemble=true").stdout
+    assert ran_stages(out) == {"evaluate", "plots", "report"}
+    for stage in ("download", "prepare", "normalize", "crossval", "train"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["calibration"]["model"] == "ensemble"
+    assert "ensemble: true in params.yaml" in (repo / "reports/report.md").read_text()
+    out = run(repo, "dvc", "exp", "run", "-S", "ensemble=auto", "-S", "tta=true").stdout
+    assert ran_stages(out) == {"evaluate", "plots", "report"}
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["calibration"]["model"].endswith("+tta") and "tta" in metrics
+    run(repo, "dvc", "exp", "run", "-S", "tta=false")  # back to the defaults for the tests below
 
 
 def test_bad_param_fails_clearly_and_loses_nothing(repo):

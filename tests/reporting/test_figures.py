@@ -110,16 +110,16 @@ def test_misclassified_gallery_titles_match_the_predictions():
     predicted = np.where(rng.random(n) < 0.3, rng.integers(0, 10, n), actual)
     predictions = pd.DataFrame({"index": range(n), "actual": np.array(FASHION)[actual],
                                 "predicted": np.array(FASHION)[predicted],
-                                "confidence": rng.uniform(0.1, 1.0, n).round(4)})
+                                "calibrated_confidence": rng.uniform(0.1, 1.0, n).round(4)})
     mistakes = confident_mistakes(predictions, count=12)
     images = rng.integers(0, 255, (n, 1, 28, 28), dtype=np.uint8)[mistakes["index"]]
     fig = figures.gallery(images, mistakes, "most confident mistakes")
     titles = [ax.get_title() for ax in fig.axes]
     expected = [f"{a} /\n{p} ({c:.2f})" for a, p, c in zip(mistakes["actual"], mistakes["predicted"],
-                                                            mistakes["confidence"])]
+                                                            mistakes["calibrated_confidence"])]
     assert titles == expected
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
-    assert list(mistakes["confidence"]) == sorted(wrong["confidence"], reverse=True)[:12]
+    assert list(mistakes["calibrated_confidence"]) == sorted(wrong["calibrated_confidence"], reverse=True)[:12]
     assert all(ax.title.get_color() == "red" for ax in fig.axes)
     shown = [ax.get_images()[0].get_array() for ax in fig.axes]
     assert all(np.array_equal(s, img[0]) for s, img in zip(shown, images))  # each image under its own title
@@ -127,7 +127,7 @@ def test_misclassified_gallery_titles_match_the_predictions():
 
 def test_sample_gallery_marks_only_mistakes_red_and_an_empty_one_still_draws(tmp_path):
     rows = pd.DataFrame({"index": [0, 1], "actual": ["Bag", "Coat"], "predicted": ["Bag", "Shirt"],
-                         "confidence": [0.97, 0.51]})
+                         "calibrated_confidence": [0.97, 0.51]})
     fig = figures.gallery(np.zeros((2, 3, 8, 8), np.uint8), rows, "sample")
     assert [ax.title.get_color() for ax in fig.axes] == ["black", "red"]
     assert [ax.get_title() for ax in fig.axes] == ["Bag /\nBag (0.97)", "Coat /\nShirt (0.51)"]

@@ -14,7 +14,7 @@ def predictions(n, seed=0):
     predicted = np.where(rng.random(n) < 0.2, rng.integers(0, 3, n), actual)
     names = np.array(CLASSES)
     return pd.DataFrame({"index": np.arange(n), "actual": names[actual], "predicted": names[predicted],
-                         "confidence": rng.uniform(0.34, 1.0, n).round(4)})
+                         "calibrated_confidence": rng.uniform(0.34, 1.0, n).round(4)})
 
 
 def test_ten_thousand_predictions_are_kept_whole():
@@ -39,8 +39,8 @@ def test_confident_mistakes_are_wrong_and_most_confident_first():
     mistakes = confident_mistakes(frame)
     assert len(mistakes) == GALLERY and (mistakes["actual"] != mistakes["predicted"]).all()
     wrong = frame[frame["actual"] != frame["predicted"]]
-    assert mistakes["confidence"].min() >= wrong.drop(mistakes.index)["confidence"].max()
-    assert mistakes["confidence"].is_monotonic_decreasing
+    assert mistakes["calibrated_confidence"].min() >= wrong.drop(mistakes.index)["calibrated_confidence"].max()
+    assert mistakes["calibrated_confidence"].is_monotonic_decreasing
 
 
 def test_confusion_counts_are_exact_and_include_zeros():

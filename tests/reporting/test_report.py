@@ -23,12 +23,17 @@ def inputs():
         {"class": "T-shirt/top", "precision": 0.667, "recall": 0.8, "f1": 0.727, "support": 10},
         {"class": "Trouser", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 10},
         {"class": "Shirt", "precision": 0.75, "recall": 0.6, "f1": 0.667, "support": 10}])
-    metrics = {"test": {"loss": 0.41, "accuracy": 0.8, "macro_f1": 0.798}}
+    comparison = {"used": "single", "why": "the single model (ensemble: auto): the ensemble is not significantly "
+                  "more accurate (+0.50 points, McNemar p = 0.31; threshold 0.05)", "notes": [], "temperature": 1.25,
+                  "mcnemar": {"only_first": 3, "only_second": 6, "p_value": 0.507812},
+                  "rows": [{"name": "single", "accuracy": 0.8, "macro_f1": 0.798, "nll": 0.41, "ece": 0.061},
+                           {"name": "ensemble", "accuracy": 0.9, "macro_f1": 0.899, "nll": 0.35, "ece": 0.05},
+                           {"name": "single, T=1.250", "accuracy": 0.8, "macro_f1": 0.798, "nll": 0.39, "ece": 0.012}]}
     provenance = {"dataset": "fashion-mnist", "model": "lenet", "variant": "l2", "seed": 42,
                   "device": "cpu", "torch": "2.x", "torchvision": "0.x", "python": "3.11", "test_images": 30}
     train = {"best_epoch": 3, "epochs_run": 3, "valid_acc": 0.84, "valid_loss": 0.45}
     prepared = {"images": {"train": 100, "valid": 20, "test": 30}, "classes": 3, "shape": [1, 28, 28]}
-    return (prepared, cv, folds, train, metrics, per_class, provenance,
+    return (prepared, cv, folds, train, comparison, per_class, provenance,
             confusion_counts(pd.Series(actual), pd.Series(predicted), CLASSES))
 
 
@@ -47,6 +52,11 @@ def test_report_has_every_section_with_the_runs_numbers():
     assert "Weakest class: **Shirt** (F1 0.6670)" in text
     assert "| **Shirt** | 0.7500 | 0.6000 | 0.6670 | 10 |" in text
     assert "Shirt taken for T-shirt/top: 4 (40.0% of Shirt)" in text
+    assert "| fold ensemble (mean softmax of the K fold models) | 0.9000 | 0.8990 | 0.3500 | 0.0500 |" in text
+    assert "| single final model, temperature-scaled (T = 1.250) | 0.8000 | 0.7980 | 0.3900 | 0.0120 |" in text
+    assert "3 are right only for the single model, 6 only for the ensemble; two-sided p = 0.508" in text
+    assert "test ECE 0.0610 -> 0.0120, NLL 0.4100 -> 0.3900" in text
+    assert "**0.8000** (macro F1 0.7980, loss 0.4100, 30 images; single final model)" in text
     for name, caption in FIGURES:
         assert f"![{caption}](figures/{name})" in text
 

@@ -155,7 +155,7 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     # dropout and augmentation draw random numbers: resuming must restore every generator
     p = dataclasses.replace(tiny_params, epochs=3, variants={"baseline": {}, "dropout": {"dropout": 0.3},
-                                                             "augment": {"augment": True}})
+                                                             "augment": {"augment": True}}, fold_models="all")
     whole = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
     with pytest.raises(Interrupted):  # in the middle of dropout's first fold (runs have 3 epochs + done)
         run_crossval(Preloaded(x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
@@ -170,12 +170,44 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     pd.testing.assert_frame_equal(resumed.folds, whole.folds)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
     assert resumed.summary == whole.summary
+    assert list(resumed.weights) == list(whole.weights) and len(whole.weights) == 6  # replayed runs keep theirs
+    assert all(torch.equal(resumed.weights[k][n], w[n]) for k, w in whole.weights.items() for n in w)
     # monitors that keep files (dvclive) get every row once: the replayed ones first, then the new ones
     assert seen.kinds[:1] == ["resume"] and "epoch" in seen.kinds
     assert [(r["variant"], r["fold"], r["epoch"]) for r in seen.rows] == \
         [(r.variant, r.fold, r.epoch) for r in whole.history.itertuples()]
     Checkpoints("crossval", "k1", tmp_path).clear()
     assert not (tmp_path / "crossval").exists()
+
+
+def test_crossval_keeps_the_chosen_variants_fold_models_bit_identical_run_to_run(tmp_path, tiny_set, tiny_stats,
+                                                                                tiny_params):
+    from foldwise.training.engine import evaluate
+    from foldwise.training.model_files import save_fold_models
+
+    x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
+    data = Preloaded(x, tiny_set.labels)
+    result = run_crossval(data, 3, tiny_params)  # fold_models: chosen (the default)
+    chosen = result.summary["chosen"]
+    assert list(result.weights) == [(chosen, 0), (chosen, 1)]
+    assert result.kept_note == f"fold_models: chosen (crossval keeps the fold models of crossval's chosen variant, {chosen})"
+    folds = make_folds(tiny_set.labels.numpy(), 2, tiny_params.seed)
+    for (variant, fold), weights in result.weights.items():  # each is its fold's model, as it ended
+        model = build_model((1, 12, 12), 3, tiny_params.for_variant(variant))
+        model.load_state_dict(weights)
+        row = result.folds[(result.folds.variant == variant) & (result.folds.fold == fold)].iloc[0]
+        assert evaluate(model, data.subset(folds[fold][1])).accuracy == pytest.approx(row.final_valid_acc)
+    again = run_crossval(data, 3, tiny_params)
+    for name, r in (("a", result), ("b", again)):
+        save_fold_models(tmp_path / name, r.weights, tiny_params, tiny_set.classes, tiny_stats, (1, 12, 12), r.kept_note)
+    files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.pt"))
+    assert len(files) == 2 and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+                                   for f in files)
+    assert (tmp_path / "a/folds.json").read_bytes() == (tmp_path / "b/folds.json").read_bytes()
+    every = run_crossval(data, 3, dataclasses.replace(tiny_params, fold_models="all", compare=("baseline", "l2")))
+    assert list(every.weights) == [("baseline", 0), ("baseline", 1), ("l2", 0), ("l2", 1)]
+    none = run_crossval(data, 3, dataclasses.replace(tiny_params, fold_models="none", compare=("baseline",)))
+    assert none.weights == {} and none.kept_note == "fold_models: none (crossval keeps no fold models)"
 
 
 class Recorder(Monitor):

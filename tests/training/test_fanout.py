@@ -51,10 +51,12 @@ def sequential(tiny_set, tiny_stats, p, threads: int = 1):
 
 
 def assert_same(a, b) -> None:
-    """Equal tables and summary, bit for bit, wall-clock seconds aside."""
+    """Equal tables, summary and kept fold models, bit for bit, wall-clock seconds aside."""
     pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"), check_exact=True)
     pd.testing.assert_frame_equal(a.folds, b.folds, check_exact=True)
     assert a.summary == b.summary
+    assert list(a.weights) == list(b.weights) and a.weights and a.kept_note == b.kept_note
+    assert all(torch.equal(a.weights[k][n], w[n]) for k, w in b.weights.items() for n in w)
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,10 @@ class Params:
     compare: tuple[str, ...] = ()  # variants crossval runs, in order; () = all; "a+b" combines
     variant: str = "auto"
     train_processes: int = 1  # the final training's DDP processes (torchrun); results depend on it
+    # the fold ensemble, test-time augmentation, calibration
+    fold_models: str = "chosen"  # crossval keeps the K fold models of: chosen (its best) | all | none
+    ensemble: bool | str = "auto"  # the model evaluate reports: auto = the ensemble only if significantly better
+    tta: bool = False  # test-time augmentation: average over each test image and its mirror image
     def overrides(self, name: str) -> dict[str, Any]:
         """The overrides of variant ``name``; ``a+b`` merges a's and b's (they must not disagree)."""
         if name in self.variants:
@@ -130,6 +134,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("kaiming", "normal", "default"),
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "step", "plateau", "cosine", "onecycle"),
+    "fold_models": ("chosen", "all", "none"),
 }
 LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
 # Keys a variant may override: everything that shapes one training run, not

@@ -1,7 +1,8 @@
 """Statistics, tables and figures of results; pure functions of arrays and tables.
 
 - ``cvstats``: per-variant CV statistics, paired tests, the variant choice;
-- ``metrics``: test metrics and provenance;
+- ``metrics``: test metrics, evaluate's headline metrics and provenance;
+- ``calibration``: ECE and reliability bins, temperature scaling, McNemar's exact test;
 - ``plot_data``: the CSV files ``dvc plots`` draws;
 - ``figures``: the PNG figures under reports/figures;
 - ``report``: reports/report.md;

@@ -121,6 +121,36 @@ def confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
     return fig
 
 
+def reliability_diagram(bins: pd.DataFrame, model: str, temperature: float) -> Figure:
+    """Accuracy against mean confidence per confidence bin (the diagonal is perfect calibration),
+    before and after temperature scaling, above the number of test images in each bin.
+    ``bins``: evaluate's calibration.csv (``probabilities``: uncalibrated | calibrated)."""
+    from foldwise.reporting.calibration import ece_of
+
+    fig = Figure(figsize=(6.4, 7.0))
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1.2), sharex=True)
+    top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    styles = {"uncalibrated": ("tab:red", "o-", -0.225), "calibrated": ("tab:blue", "s-", 0.225)}
+    width = float((bins["upper"] - bins["lower"]).iloc[0]) if len(bins) else 1 / 15
+    for kind, (color, marker, shift) in styles.items():
+        table = bins[bins["probabilities"] == kind]
+        full = table[table["count"] > 0]
+        label = (f"{kind}" if kind == "uncalibrated" else f"calibrated (T = {temperature:.3f})")
+        top.plot(full["confidence"], full["accuracy"], marker, color=color, markersize=4,
+                 label=f"{label}: ECE {ece_of(table):.4f}")
+        bottom.bar((table["lower"] + table["upper"]) / 2 + shift * width, table["count"], width=width * 0.45,
+                   color=color, alpha=0.6, label=kind)
+    top.set(title=f"Reliability on the test set: {model}", ylabel="accuracy in the bin (fraction)",
+            xlim=(0, 1.01), ylim=(0, 1.01))
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set(xlabel="confidence: the predicted class's probability (15 equal-width bins)",
+               ylabel="test images", yscale="log")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def title(true: str, predicted: str, confidence: float | None = None) -> str:
     """A gallery title: "true / predicted (p)", on two lines so long class names fit."""
     p = "" if confidence is None else f" ({confidence:.2f})"
@@ -148,8 +178,8 @@ def image_grid(images: np.ndarray, titles: list[str], wrong: np.ndarray, heading
 
 
 def gallery(images: np.ndarray, rows: pd.DataFrame, heading: str) -> Figure:
-    """Test images with evaluate's rows (actual, predicted, confidence), titled "true / predicted (p)"."""
-    titles = [title(a, p, c) for a, p, c in zip(rows["actual"], rows["predicted"], rows["confidence"])]
+    """Test images with evaluate's rows (actual, predicted, calibrated_confidence), titled "true / predicted (p)"."""
+    titles = [title(a, p, c) for a, p, c in zip(rows["actual"], rows["predicted"], rows["calibrated_confidence"])]
     return image_grid(images, titles, (rows["actual"] != rows["predicted"]).to_numpy(), heading)
 
 

@@ -38,3 +38,24 @@ def provenance(p: Params, variant: str, device: torch.device) -> dict[str, Any]:
         "device": device.type, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(),
     }
+
+
+def headline_metrics(rows: list[dict[str, Any]], used: str, paired: dict[str, Any] | None,
+                     temperature: float) -> dict[str, Any]:
+    """evaluate's metrics.json from its predictor rows (``training.ensemble.Assessment.rows``, the
+    temperature-scaled model last): ``test`` the single final model, ``ensemble`` the fold ensemble
+    with McNemar's p against it, ``tta`` the model used with test-time flips, ``calibration`` the model
+    used before and after temperature scaling. Headline numbers only: the rest is in comparison.json."""
+    by = {row["name"]: row for row in rows}
+
+    def block(row: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": row["nll"], "accuracy": row["accuracy"], "macro_f1": row["macro_f1"]}
+
+    out: dict[str, Any] = {"test": block(by["single"])}
+    if "ensemble" in by:
+        out["ensemble"] = {**block(by["ensemble"]), "mcnemar_p": paired["p_value"] if paired else 1.0}
+    if used.endswith("+tta"):
+        out["tta"] = block(by[used])
+    out["calibration"] = {"model": used, "temperature": temperature, "ece_before": by[used]["ece"],
+                          "ece": rows[-1]["ece"], "nll_before": by[used]["nll"], "nll": rows[-1]["nll"]}
+    return out

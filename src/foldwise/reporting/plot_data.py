@@ -35,7 +35,7 @@ def pick_examples(n_images: int, seed: int, count: int = EXAMPLES) -> np.ndarray
 def confident_mistakes(predictions: pd.DataFrame, count: int = GALLERY) -> pd.DataFrame:
     """The ``count`` wrong predictions with the highest probability (ties: lower index first)."""
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
-    return wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="stable").head(count)
+    return wrong.sort_values(["calibrated_confidence", "index"], ascending=[False, True], kind="stable").head(count)
 
 
 def sample_predictions(predictions: pd.DataFrame, seed: int, limit: int = MAX_PREDICTION_ROWS) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The crossval and train stages: models, the explicit PyTorch loop, cross-validation, the final model.
+"""The crossval, train and evaluate stages: models, the explicit PyTorch loop, cross-validation, the final model.
 
 - ``models``: the MODELS registry;
 - ``optim``: optimisers, learning-rate schedules, the L1 penalty;
@@ -9,5 +9,7 @@
 - ``resume``: resumable training state outside every DVC output, keyed by params, inputs and code;
 - ``crossval``: every compared variant on the same K folds;
 - ``fanout``: crossval's runs as Ray tasks (``FOLDWISE_RAY``), locally or on a cluster;
-- ``final``: the chosen variant trained, saved as models/model.pt and evaluated.
+- ``final``: the chosen variant trained on the whole train split;
+- ``model_files``: models/model.pt and crossval's fold models (models/folds/), sha256-checked;
+- ``ensemble``: evaluate's models: single, fold ensemble, test-time flips, temperature scaling.
 """

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.model_selection import StratifiedKFold
 
 from foldwise.core.params import Params
@@ -49,6 +50,8 @@ class CVResult:
     history: pd.DataFrame
     folds: pd.DataFrame
     summary: dict[str, Any]
+    weights: dict[tuple[str, int], dict[str, torch.Tensor]]  # (variant, fold) -> the fold model kept
+    kept_note: str = ""  # which fold models are kept, and why
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class RunSpec:
         return f"run{self.index:03d}"
 
 
-Finished = Iterator[tuple[RunSpec, dict[str, Any], list[dict[str, Any]]]]  # (run, folds.csv row, history)
+Weights = dict[str, torch.Tensor]  # a fold model's state dict, on the CPU
+RunResult = tuple[dict[str, Any], list[dict[str, Any]], Weights | None]  # folds.csv row, history, weights
+Finished = Iterator[tuple[RunSpec, dict[str, Any], list[dict[str, Any]], Weights | None]]
 
 
 class Fanout(Protocol):
@@ -78,9 +83,10 @@ class Fanout(Protocol):
 def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
               fold: tuple[np.ndarray, np.ndarray], monitor: Monitor | None = None,
               saved: dict[str, Any] | None = None,
-              save: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              save: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Train one run on its ``fold`` (train and valid indices) of ``data`` (a batch source): its
-    folds.csv row and its history.
+    folds.csv row, its history and the weights it ends with (a CPU copy; None with ``fold_models:
+    none``).
 
     Fold ``f`` starts from seed ``p.seed + f`` whatever the variant (paired runs). ``saved`` (a
     checkpoint ``save`` wrote after an epoch) continues an interrupted run. Every process that
@@ -111,7 +117,10 @@ def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
     # wall-clock time goes to the console only: committed results must not change run to run
     print(f"{spec.variant} fold {spec.fold}: {len(result.history)} epochs in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return row, result.history
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if p.fold_models == "none":
+        weights = None
+    return row, result.history, weights
 
 
 def _in_process(data: BatchSource, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
@@ -141,14 +150,14 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
         check_model(data.shape, num_classes, vp)
         check_augment(data.shape, vp)
     runs = [RunSpec(i, v, f) for i, (v, f) in enumerate((v, f) for v in p.compared for f in range(len(folds)))]
-    results: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    results: dict[int, RunResult] = {}
     resumed: set[int] = set()
     pending: list[RunSpec] = []
     resume: dict[int, dict[str, Any]] = {}
     for spec in runs:
         saved = checkpoints.load(spec.name) if checkpoints else None
         if saved is not None and saved.get("done"):
-            results[spec.index] = saved["row"], saved["history"]
+            results[spec.index] = saved["row"], saved["history"], saved.get("weights")
             resumed.add(spec.index)
             continue
         if saved is not None:
@@ -162,7 +171,7 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
         """Feed ``monitor`` every run finished since the last call that all runs before it have joined."""
         nonlocal reported
         while reported < len(runs) and reported in results:
-            row, history = results[reported]
+            row, history, _ = results[reported]
             if monitor is not None:
                 if reported in resumed:
                     monitor.on_resume(history)
@@ -175,13 +184,26 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
     report()
     finished = (fanout.run(data, num_classes, p, folds, pending, resume) if fanout is not None else
                 _in_process(data, num_classes, p, folds, pending, resume, monitor, checkpoints))
-    for spec, row, history in finished:
+    for spec, row, history, weights in finished:
         if checkpoints:
-            checkpoints.save(spec.name, {"done": True, "row": row, "history": history})
-        results[spec.index] = row, history
+            checkpoints.save(spec.name, {"done": True, "row": row, "history": history, "weights": weights})
+        results[spec.index] = row, history, weights
         report()
     rows = [results[spec.index][0] for spec in runs]
     history = [epoch for spec in runs for epoch in results[spec.index][1]]
     folds_df = pd.DataFrame(rows)
     summary = {"k_folds": p.k_folds, **summarize(folds_df)}
-    return CVResult(pd.DataFrame(history), folds_df, summary)
+    weights = {(spec.variant, spec.fold): results[spec.index][2] for spec in runs}
+    kept, note = keep_fold_models(p, summary["chosen"], weights)
+    return CVResult(pd.DataFrame(history), folds_df, summary, kept, note)
+
+
+def keep_fold_models(p: Params, chosen: str, weights: dict[tuple[str, int], Weights | None]
+                     ) -> tuple[dict[tuple[str, int], Weights], str]:
+    """The fold models ``fold_models`` keeps of all runs' ``weights``, and a note saying which."""
+    if p.fold_models == "none":
+        return {}, "fold_models: none (crossval keeps no fold models)"
+    keep = list(p.compared) if p.fold_models == "all" else [chosen]
+    kept = {key: w for key, w in weights.items() if key[0] in keep and w is not None}
+    which = "every compared variant" if p.fold_models == "all" else f"crossval's chosen variant, {chosen}"
+    return kept, f"fold_models: {p.fold_models} (crossval keeps the fold models of {which})"

@@ -31,7 +31,7 @@ import torch
 from foldwise.core.errors import UserError
 from foldwise.core.params import Params
 from foldwise.data.batches import SplitArrays, open_arrays
-from foldwise.training.crossval import Finished, RunSpec, train_run
+from foldwise.training.crossval import Finished, RunResult, RunSpec, train_run
 from foldwise.training.engine import choose_device
 
 RAY_ENV, CPUS_ENV, GPUS_ENV = "FOLDWISE_RAY", "FOLDWISE_RAY_CPUS", "FOLDWISE_RAY_GPUS"
@@ -98,16 +98,16 @@ def _placement(gpus: float) -> dict[str, Any]:
 
 def train_task(split: SplitArrays, num_classes: int, p: Params, spec: RunSpec,
                fold: tuple[np.ndarray, np.ndarray], saved: dict[str, Any] | None, threads: int,
-               gpus: float) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """One run in a Ray worker: its row, its history and where it ran (with start and end times, s)."""
+               gpus: float) -> tuple[RunResult, dict[str, Any]]:
+    """One run in a Ray worker: its row, history and weights, and where it ran (with start and end times, s)."""
     started = time.time()
     torch.set_num_threads(threads)
     # no GPU asked for: the CPU, even on a GPU node (Ray leaves CUDA_VISIBLE_DEVICES alone then)
     device = choose_device() if gpus > 0 else torch.device("cpu")
     data = split.to_source(device)
     writable = (np.array(fold[0]), np.array(fold[1]))  # copies: Ray's arrays are read-only
-    row, history = train_run(data, num_classes, p, spec, writable, saved=saved)
-    return row, history, {**_placement(gpus), "device": str(device), "start": started, "end": time.time()}
+    result = train_run(data, num_classes, p, spec, writable, saved=saved)
+    return result, {**_placement(gpus), "device": str(device), "start": started, "end": time.time()}
 
 
 class RayFanout:
@@ -175,12 +175,12 @@ class RayFanout:
             while futures:
                 ready, _ = ray.wait(list(futures), num_returns=1)
                 spec = futures.pop(ready[0])
-                row, history, where = _get(ray, ready[0])
+                result, where = _get(ray, ready[0])
                 self.placements[spec.name] = where
                 gpu = f", CUDA_VISIBLE_DEVICES={where['cuda_visible_devices']}" if self.gpus > 0 else ""
                 print(f"{spec.variant} fold {spec.fold}: ran on {where['host']} (node {where['node'][:8]}, "
                       f"pid {where['pid']}, {where['device']}{gpu})", file=sys.stderr)
-                yield spec, row, history
+                yield spec, *result
         finally:
             for future in futures:
                 ray.cancel(future, force=True)

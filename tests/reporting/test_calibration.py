@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from foldwise.reporting.calibration import (compare_paired, expected_calibration_error, fit_temperature, mcnemar_p,
+                                            nll, reliability, scale)
+
+
+def test_a_perfectly_calibrated_predictor_has_an_ece_near_zero_and_an_overconfident_one_a_large_ece():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    confidence = rng.uniform(0.5, 1.0, n)
+    probs = torch.from_numpy(np.stack([confidence, 1 - confidence], 1))
+    calibrated = torch.from_numpy((rng.uniform(size=n) >= confidence).astype(np.int64))  # right w.p. confidence
+    assert expected_calibration_error(probs, calibrated) < 0.005
+    over = torch.from_numpy(np.stack([np.full(n, 0.99), np.full(n, 0.01)], 1))
+    right_70 = torch.from_numpy((rng.uniform(size=n) >= 0.7).astype(np.int64))  # 99% sure, 70% right
+    assert expected_calibration_error(over, right_70) == pytest.approx(0.29, abs=0.005)
+
+
+def test_reliability_bins_are_right_closed_with_15_equal_widths():
+    probs = torch.tensor([[1 / 15, 1 - 1 / 15], [0.5, 0.5], [1.0, 0.0], [0.2, 0.8]], dtype=torch.float64)
+    table = reliability(probs, torch.tensor([1, 0, 0, 0]))
+    assert len(table) == 15 and table["upper"].iloc[-1] == 1.0
+    assert table["count"].sum() == 4
+    # 14/15 falls in the bin (13/15, 14/15]; 0.5 in (7/15, 8/15]; 1.0 in the last; 0.8 in (11/15, 12/15]
+    assert list(table.index[table["count"] > 0]) == [7, 11, 13, 14]
+    assert table.loc[11, "accuracy"] == 0.0 and table.loc[13, "accuracy"] == 1.0
+    assert table["confidence"].isna().sum() == 11
+
+
+def test_temperature_scaling_never_changes_the_argmax_and_lowers_the_nll_of_an_overconfident_model():
+    torch.manual_seed(0)
+    truth = torch.randn(5000, 10) * 2
+    labels = torch.multinomial(torch.softmax(truth, 1), 1)[:, 0]  # the world draws from softmax(truth)
+    log_probs = torch.log_softmax(truth.double() * 3, 1)  # the model: three times too sure of itself
+    t = fit_temperature(log_probs, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    scaled = scale(log_probs, t)
+    assert torch.equal(scaled.argmax(1), log_probs.argmax(1))
+    assert nll(scaled, labels) < nll(log_probs, labels)
+    assert expected_calibration_error(scaled.exp(), labels) < expected_calibration_error(log_probs.exp(), labels)
+    for other in (0.05, 0.5, 3.0, 40.0):  # argmax is unchanged at any temperature
+        assert torch.equal(scale(log_probs, other).argmax(1), log_probs.argmax(1))
+    # T is the minimum of the NLL: nudging it either way costs
+    assert nll(scale(log_probs, t * 1.05), labels) > nll(scaled, labels) < nll(scale(log_probs, t / 1.05), labels)
+
+
+def test_temperature_of_a_calibrated_model_stays_near_one():
+    torch.manual_seed(1)
+    logits = torch.randn(20_000, 5) * 2
+    labels = torch.multinomial(torch.softmax(logits, 1), 1)[:, 0]  # labels drawn from the model itself
+    assert fit_temperature(torch.log_softmax(logits.double(), 1), labels) == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (0, 1), (3, 9), (12, 5), (40, 40), (101, 67), (600, 700)])
+def test_mcnemar_exact_p_matches_scipys_two_sided_binomial_test(b, c):
+    expected = 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5, alternative="two-sided").pvalue
+    assert mcnemar_p(b, c) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_comparison_counts_only_the_disagreements_that_matter():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    first = np.array([0, 1, 2, 1, 1, 0, 2, 0])  # wrong on 3, 5, 6, 7
+    second = np.array([0, 1, 0, 0, 2, 2, 1, 0])  # wrong on 2, 4, 6, 7 (both wrong on 6, 7: not counted)
+    out = compare_paired(labels, first, second)
+    assert (out["only_first"], out["only_second"]) == (2, 2) and out["p_value"] == 1.0
+    assert compare_paired(labels, labels, first)["only_first"] == 4
+
+
+def test_ece_weighs_each_bin_by_its_share_of_the_images():
+    # 9 images 95% sure and right (gap 0.05), 1 image 55% sure and wrong (gap 0.55): (9 x 0.05 + 0.55) / 10
+    probs = torch.tensor([[0.95, 0.05]] * 9 + [[0.55, 0.45]], dtype=torch.float64)
+    labels = torch.tensor([0] * 9 + [1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.1)

@@ -1,0 +1,134 @@
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+
+from foldwise.core.errors import UserError
+from foldwise.training.engine import predict
+from foldwise.training.final import train_final
+from foldwise.training.models import build_model
+from foldwise.training.model_files import (check_classes, load_checkpoint, load_fold_models, model_record, read_fold_record,
+                                           read_record, save_checkpoint, save_fold_models)
+from tests.conftest import train_valid
+
+
+def test_save_and_load_give_the_same_model(tmp_path, tiny_set, tiny_stats, tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    cpu = torch.device("cpu")
+    model, result = train_final(train, valid, 3, tiny_params, "dropout")
+    assert len(result.history) == tiny_params.epochs and result.history[0]["variant"] == "dropout"
+    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "dropout", tiny_set.classes, tiny_stats, (1, 12, 12))
+    loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", cpu)
+    assert checkpoint["variant"] == "dropout" and checkpoint["params"]["dropout"] == 0.3
+    assert torch.equal(predict(model, valid), predict(loaded, valid))
+    assert checkpoint["classes"] == tiny_set.classes and checkpoint["stats"] == tiny_stats
+
+
+def test_a_model_of_other_classes_is_refused(tmp_path, tiny_set, tiny_stats, tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    model, _ = train_final(train, valid, 3, dataclasses.replace(tiny_params, epochs=1), "baseline")
+    save_checkpoint(tmp_path / "m.pt", model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+    check_classes(tiny_set.classes, checkpoint, "m.pt")
+    with pytest.raises(UserError, match=r"^m.pt was trained on the classes \[.*\], but the prepared data has "
+                                        r"\['a', 'b', 'c'\]; re-run the pipeline: `dvc repro`"):
+        check_classes(["a", "b", "c"], checkpoint, "m.pt")
+
+
+def test_a_damaged_or_truncated_model_is_a_one_line_error_naming_file_and_fix(tmp_path, tiny_set, tiny_stats,
+                                                                              tiny_params):
+    """16 flipped bytes load silently (wrong weights, a wrong test accuracy), and a truncated file
+    gave a raw OSError naming no file: the sha256 train records is checked first."""
+    train, valid = train_valid(tiny_set, tiny_stats)
+    model, _ = train_final(train, valid, 3, dataclasses.replace(tiny_params, epochs=1), "baseline")
+    path = tmp_path / "model.pt"
+    sha256 = save_checkpoint(path, model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    record = tmp_path / "model.json"
+    record.write_text(json.dumps(model_record(path, sha256)))
+    assert read_record(record) == sha256
+    good = path.read_bytes()
+    load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+
+    flipped = bytearray(good)
+    weights = max(model.state_dict().values(), key=lambda t: t.numel()).cpu().numpy().tobytes()
+    middle = good.index(weights[:64]) + 64  # inside a tensor's bytes: torch alone loads it without a word
+    flipped[middle:middle + 16] = bytes(b ^ 0xFF for b in flipped[middle:middle + 16])
+    path.write_bytes(bytes(flipped))
+    load_checkpoint(path, torch.device("cpu"))  # what happened before: no check, no error
+    fix = f"`dvc checkout -f {path}`.*`dvc repro -f train`"
+    with pytest.raises(UserError, match=rf"^{path} is damaged: its sha256 is [0-9a-f]{{64}}, but train wrote "
+                                        rf"{sha256} \(recorded in {record}\); .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match=rf"^{path} is damaged: .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256, str(record))
+    with pytest.raises(UserError, match=rf"^{path} is not a readable foldwise model \(.*\); .*{fix}") as error:
+        load_checkpoint(path, torch.device("cpu"))  # no sha256 to check: torch's error, named
+    assert "\n" not in str(error.value)
+    path.unlink()
+    with pytest.raises(UserError, match=rf"^{path} is missing; .*{fix}"):
+        load_checkpoint(path, torch.device("cpu"), sha256)
+    record.write_text('{"path": "models/model.pt"}')
+    with pytest.raises(UserError, match="no sha256 of the model in it; train again: `dvc repro -f train`"):
+        read_record(record)
+
+
+def _final(tmp_path, model, p, classes, stats):
+    save_checkpoint(tmp_path / "model.pt", model, p, "l2", classes, stats, (1, 12, 12))
+    return load_checkpoint(tmp_path / "model.pt", torch.device("cpu"))[1]
+
+
+def test_fold_models_are_written_whole_and_loaded_checked(tmp_path, tiny_set, tiny_stats, tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2"))
+    models = [train_final(train, valid, 3, dataclasses.replace(p, seed=s), "l2")[0] for s in (1, 2)]
+    folder = tmp_path / "folds"
+    save_fold_models(folder, {("l2", 1): models[1].state_dict(), ("l2", 0): models[0].state_dict()}, p,
+                     tiny_set.classes, tiny_stats, (1, 12, 12), "fold_models: chosen (l2)")
+    record = read_fold_record(folder)
+    assert record["note"] == "fold_models: chosen (l2)" and record["fold_models"] == "chosen"
+    assert [e["file"] for e in record["variants"]["l2"]] == ["l2/fold0.pt", "l2/fold1.pt"]  # in fold order
+    assert sorted(p.name for p in folder.rglob("*")) == ["fold0.pt", "fold1.pt", "folds.json", "l2"]
+    final = _final(tmp_path, models[0], p, tiny_set.classes, tiny_stats)
+    loaded = load_fold_models(folder, "l2", torch.device("cpu"), final)
+    for original, again in zip(models, loaded):
+        assert torch.equal(predict(original, valid), predict(again, valid))
+    assert load_fold_models(folder, "baseline", torch.device("cpu"), final) == []  # not kept
+    fold1 = folder / "l2/fold1.pt"
+    fold1.write_bytes(fold1.read_bytes()[:-10])
+    with pytest.raises(UserError, match=rf"^{fold1} is damaged: .* but crossval wrote .*recorded in "
+                                        rf"{folder / 'folds.json'}.*`dvc repro -f crossval`"):
+        load_fold_models(folder, "l2", torch.device("cpu"), final)
+
+
+def test_fold_models_of_other_data_or_no_record_are_refused(tmp_path, tiny_set, tiny_stats, tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, epochs=1)
+    model, _ = train_final(train, valid, 3, p, "l2")
+    folder = tmp_path / "folds"
+    save_fold_models(folder, {("l2", 0): model.state_dict()}, p, tiny_set.classes, tiny_stats, (1, 12, 12), "")
+    other = {**tiny_stats, "mean": [0.0]}
+    final = _final(tmp_path, model, p, tiny_set.classes, other)
+    with pytest.raises(UserError, match=r"fold0.pt was trained with other stats than the final model.*`dvc repro`"):
+        load_fold_models(folder, "l2", torch.device("cpu"), final)
+    (folder / "folds.json").unlink()
+    with pytest.raises(UserError, match=r"folds.json: not crossval's record .*`dvc repro -f crossval`"):
+        load_fold_models(folder, "l2", torch.device("cpu"), final)
+
+
+def test_a_model_files_bytes_do_not_depend_on_params_its_stage_does_not_track(tmp_path, tiny_set, tiny_stats,
+                                                                              tiny_params):
+    """crossval and train do not track ensemble, tta, ...: a file holding them would differ between a
+    fresh run and DVC's run-cache after `-S ensemble=true`."""
+    model = build_model((1, 12, 12), 3, tiny_params)
+    other = dataclasses.replace(tiny_params, fold_models="all", ensemble=True, tta=True, variant="l2",
+                                train_processes=2, memory_budget_mb=1)
+    a = save_checkpoint(tmp_path / "a.pt", model, tiny_params, "l2", tiny_set.classes, tiny_stats, (1, 12, 12))
+    b = save_checkpoint(tmp_path / "b.pt", model, other, "l2", tiny_set.classes, tiny_stats, (1, 12, 12))
+    assert a == b
+    c = save_checkpoint(tmp_path / "c.pt", model, dataclasses.replace(tiny_params, lr=0.5), "l2", tiny_set.classes,
+                        tiny_stats, (1, 12, 12))
+    assert c != a  # a param that shapes the model's training is recorded
