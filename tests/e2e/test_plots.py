@@ -39,7 +39,7 @@ def test_plots_diff_of_two_experiments_renders_offline(net, repo, tmp_path):
     live = len(list((repo / "reports/live").rglob("*.tsv")))  # dvclive's curves: one plot each
     # every data plot drawn, none failed: the 8 foldwise plots and dvclive's curves
     assert dom.count('class="marks"') == html.count("vegaEmbed(") >= 8 + live, dom[-2000:]
-    assert dom.count("lr-slow_reports_figures_") == dom.count("lr-fast_reports_figures_") == 5  # both runs' PNGs
+    assert dom.count("lr-slow_reports_figures_") == dom.count("lr-fast_reports_figures_") == 6  # both runs' PNGs
     shot = screenshot(net, f"file://{page}", ARTIFACTS / "plots-diff.png", tmp_path, size="1500,7000")
     print(f"screenshot: {ARTIFACTS / 'plots-diff.png'}")
     for colour in DVC_REV_COLOURS + VEGA_REV_COLOURS:  # both revisions' marks are on screen
