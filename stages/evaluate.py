@@ -54,7 +54,7 @@ def main() -> None:
                                  "fold_models": len(folds), "test_images": len(result.predictions)})
     write_json(args.comparison, {"used": result.used, "why": result.why, "notes": result.notes,
                                  "temperature": result.temperature, "mcnemar": result.paired, "rows": result.rows})
-    write_json(args.metrics, headline_metrics(result.rows, result.used, result.paired, result.temperature))
+    write_json(args.metrics, headline_metrics(result.rows, result.used, result.paired))
     print(pd.DataFrame(result.rows).to_string(index=False))
     print(f"using {result.why}")
     monitor = monitor_from_env("evaluate", predictions=True)  # live view: test confusion and example images

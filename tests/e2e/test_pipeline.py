@@ -183,8 +183,8 @@ def test_repro_runs_the_whole_pipeline(repo):
     assert list(folds["variants"]) == [cv["chosen"]] and len(folds["variants"][cv["chosen"]]) == 2
     assert sorted(p.name for p in (repo / "models/folds" / cv["chosen"]).iterdir()) == ["fold0.pt", "fold1.pt"]
     assert set(metrics) == {"test", "ensemble", "calibration"} and 0.3 < metrics["ensemble"]["accuracy"] <= 1
-    assert 0 <= metrics["ensemble"]["mcnemar_p"] <= 1 and metrics["calibration"]["temperature"] > 0
-    assert metrics["calibration"]["model"] == provenance["model_used"] == used["used"]
+    assert 0 <= metrics["ensemble"]["mcnemar_p"] <= 1 and used["temperature"] > 0
+    assert set(metrics["calibration"]) == {"ece_before", "ece"} and provenance["model_used"] == used["used"]
     assert (repo / "reports/evaluate/predictions.csv").read_text().startswith(
         "index,actual,predicted,calibrated_confidence\n")
     assert all(f"(figures/{name})" in report for name in FIGURES)
@@ -235,13 +235,13 @@ def test_exp_run_of_ensemble_or_tta_reruns_only_evaluate_and_what_reads_it(repo)
     assert ran_stages(out) == {"evaluate", "plots", "report"}
     for stage in ("download", "prepare", "normalize", "crossval", "train"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["calibration"]["model"] == "ensemble"
+    assert json.loads((repo / "reports/evaluate/comparison.json").read_text())["used"] == "ensemble"
     assert "ensemble: true in params.yaml" in (repo / "reports/report.md").read_text()
     out = run(repo, "dvc", "exp", "run", "-S", "ensemble=auto", "-S", "tta=true").stdout
     assert ran_stages(out) == {"evaluate", "plots", "report"}
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["calibration"]["model"].endswith("+tta") and "tta" in metrics
+    assert json.loads((repo / "reports/evaluate/comparison.json").read_text())["used"].endswith("+tta")
+    assert set(metrics["tta"]) == {"accuracy"}  # one more headline value, no more
     run(repo, "dvc", "exp", "run", "-S", "tta=false")  # back to the defaults for the tests below
 
 

@@ -36,10 +36,9 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
     count = torch.bincount(index, minlength=bins).double()
     conf_sum = torch.bincount(index, weights=confidence.cpu(), minlength=bins)
     acc_sum = torch.bincount(index, weights=correct.cpu(), minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return pd.DataFrame({"bin": range(bins), "lower": edges[:-1].numpy(), "upper": edges[1:].numpy(),
-                             "count": count.numpy().astype(int),
-                             "confidence": (conf_sum / count).numpy(), "accuracy": (acc_sum / count).numpy()})
+    return pd.DataFrame({"bin": range(bins), "lower": edges[:-1].numpy(), "upper": edges[1:].numpy(),
+                         "count": count.numpy().astype(int),  # an empty bin's means are NaN (torch: no warning)
+                         "confidence": (conf_sum / count).numpy(), "accuracy": (acc_sum / count).numpy()})
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
