@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline import dvc_env, set_params  # noqa: E402
+from run import machine  # noqa: E402
+
+from foldwise.training.engine import choose_device  # noqa: E402
 
 TRAINING = ("crossval", "train", "evaluate", "plots", "report")
 DATA = ("download", "prepare", "normalize")
@@ -198,7 +201,7 @@ def main() -> None:
     print(text)
     print(json.dumps(figures))
     if args.out:
-        args.out.write_text(f"{HEADER}\n{text}\n")
+        args.out.write_text(f"{HEADER}\nMachine: {machine(choose_device())}.\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path)
     subprocess.run([sys.executable, "benchmarks/experiments.py", "--quick", "--out", str(out)], cwd=ROOT,
                    env=env, check=True, timeout=1200)
     text = out.read_text()
+    assert re.search(r"^Machine: .+, \d+ cores, .+; device cpu; torch ", text, re.M)  # figures say where they are from
     assert "| back to the committed lr: every training stage restored from the run-cache |" in text
     assert re.search(r"Return to a previous lr: \*\*[\d.]+%\*\* of that lr's first run", text)
     assert re.search(r"Queued with two workers vs one after the other: \*\*[\d.]+x\*\*", text)
