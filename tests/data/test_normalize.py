@@ -80,3 +80,30 @@ def test_to_inputs_normalises_each_channel_with_its_own_stats_in_float32():
     assert x.dtype == torch.float32 and x.shape == images.shape
     for c in range(3):
         assert torch.allclose(x[:, c].double(), (images[:, c].double() / 255 - mean[c]) / std[c], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stats_of_a_split_streamed_from_pngs_alone_count_every_image_of_a_partial_last_chunk(tmp_path, channels):
+    """A folder dataset whose split has no ``<split>.npy`` (staged files, or over PIXELS_MAX_BYTES):
+    normalize decodes the PNGs in DataLoader workers, chunk by chunk, and the last chunk is short.
+    The statistics must equal a direct computation over every image, read here with PIL alone."""
+    from PIL import Image
+
+    from foldwise.data.batches import normalisation_stats, uint8_chunks
+    from foldwise.data.layout import split_files
+    from foldwise.data.prepare import prepare
+    from tests.conftest import CLASSES, make_images
+
+    data = make_images(60, channels=channels, seed=4)
+    prepare({"train": data, "test": data}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
+    (tmp_path / "train.npy").unlink()  # PNGs only: the streamed path
+    files = split_files(tmp_path, "train")
+    assert files.pixels is None and len(files) == 45
+    chunks = list(uint8_chunks(files, pixels=7 * 144 * channels, workers=2))
+    assert [len(c) for c in chunks] == [7] * 6 + [3]  # the last chunk is partial
+    direct = np.stack([np.asarray(Image.open(path)).reshape(12, 12, channels) for path in files.paths])
+    direct = direct.astype(np.float64) / 255
+    for stats in (compute_stats(iter(chunks)), normalisation_stats(tmp_path)):
+        np.testing.assert_allclose(stats["mean"], direct.mean(axis=(0, 1, 2)), rtol=1e-12)
+        np.testing.assert_allclose(stats["std"], direct.std(axis=(0, 1, 2)), rtol=1e-9)
+        assert stats["pixels_per_channel"] == 45 * 144

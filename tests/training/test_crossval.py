@@ -254,3 +254,32 @@ def test_every_variant_in_params_yaml_runs_and_changes_what_it_claims(tiny_set, 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     result = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
     assert list(result.summary["variants"]) == list(p.variants)
+
+
+def test_the_kept_fold_models_are_the_chosen_variants_when_that_is_not_the_baseline(tiny_set, tiny_stats, tiny_params):
+    """A baseline that cannot learn (lr 1e-7) and a variant that can: crossval chooses the variant, and
+    the fold models it keeps are that variant's (each reproduces its fold's row), not the baseline's."""
+    from foldwise.training.crossval import keep_fold_models
+    from foldwise.training.engine import evaluate
+
+    p = dataclasses.replace(tiny_params, lr=1e-7, epochs=3, variants={"baseline": {}, "fast": {"lr": 0.02}},
+                            compare=("baseline", "fast"))
+    data = Preloaded(to_inputs(tiny_set.images, tiny_stats, torch.device("cpu")), tiny_set.labels)
+    result = run_crossval(data, 3, p)
+    assert result.summary["chosen"] == "fast"
+    assert list(result.weights) == [("fast", 0), ("fast", 1)]
+    folds = make_folds(tiny_set.labels.numpy(), 2, p.seed)
+    rows = result.folds.set_index(["variant", "fold"])
+    for (variant, fold), weights in result.weights.items():
+        model = build_model((1, 12, 12), 3, p.for_variant(variant))
+        model.load_state_dict(weights)
+        accuracy = evaluate(model, data.subset(folds[fold][1])).accuracy
+        assert accuracy == pytest.approx(rows.loc[("fast", fold), "final_valid_acc"])
+        assert accuracy != pytest.approx(rows.loc[("baseline", fold), "final_valid_acc"])
+    # the rule alone: one tensor per run, told apart by value
+    weights = {(v, f): {"w": torch.tensor([float(i)])} for i, (v, f) in
+               enumerate((v, f) for v in ("baseline", "l2", "dropout") for f in range(2))}
+    three = dataclasses.replace(tiny_params, compare=("baseline", "l2", "dropout"))
+    kept, note = keep_fold_models(three, "l2", weights)
+    assert {key: w["w"].item() for key, w in kept.items()} == {("l2", 0): 2.0, ("l2", 1): 3.0}
+    assert note == "fold_models: chosen (crossval keeps the fold models of crossval's chosen variant, l2)"

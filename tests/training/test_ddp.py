@@ -1,5 +1,6 @@
-"""The final training under torchrun: 2 gloo processes train the MLP on digits, the same twice, and
-process 0 alone writes.
+"""The final training under DDP: two gloo processes train exactly what one process trains on the same
+global batches; under torchrun the train stage trains the MLP on digits, the same twice, and process 0
+alone writes.
 
 The real train stage, started as DVC starts it (``python stages/train.py``) with ``train_processes: 2``:
 it starts itself again under torchrun. Every file a process opens for writing is logged by an audit
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"dataset": "digits", "model": "mlp", "hidden_sizes": [64, 32], "epochs": 3, "batch_size": 64,
@@ -91,3 +93,89 @@ def test_two_gloo_processes_train_the_same_twice_and_only_rank_0_writes(project)
     second, _ = train(root, env, "run2")
     for name in ("model.pt", "history.csv", "train.json"):
         assert (root / "run1" / name).read_bytes() == (root / "run2" / name).read_bytes(), name
+
+
+N, BATCH = 47, 10  # five global batches: 10, 10, 10, 10 and 7 (sliced 4 + 3, so the slice weights matter)
+
+
+class _OrderLog:
+    """A preloaded batch source that keeps every (order, sizes) it is asked for."""
+
+    def __init__(self) -> None:
+        from foldwise.data.batches import Preloaded
+
+        g = torch.Generator().manual_seed(3)
+        self.source = Preloaded(torch.randn(N, 6, generator=g), torch.randint(0, 3, (N,), generator=g))
+        self.labels, self.calls = self.source.labels, []
+
+    def __len__(self) -> int:
+        return N
+
+    def batches(self, order, sizes):
+        self.calls.append((order.clone(), sizes))
+        return self.source.batches(order, sizes)
+
+
+def _sgd_fit(group):
+    """Two epochs of ``fit`` with plain SGD (no momentum, schedule, dropout or BatchNorm: the DDP claim
+    is then exact) on a small MLP from fixed initial weights: the model, the batch log and the history."""
+    import dataclasses
+
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from foldwise.core.params import Params
+    from foldwise.data.batches import Preloaded
+    from foldwise.training.engine import fit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    trained = DistributedDataParallel(model) if group.world > 1 else model
+    data = _OrderLog()
+    g = torch.Generator().manual_seed(4)
+    valid = Preloaded(torch.randn(13, 6, generator=g), torch.randint(0, 3, (13,), generator=g))
+    p = dataclasses.replace(Params(), batch_size=BATCH, epochs=2, optimizer="sgd", lr=0.5, momentum=0.0,
+                            scheduler="none", l1=0.0)
+    result = fit(trained, data, valid, p, seed=7, group=group)
+    return model, data.calls, [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+
+
+def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from foldwise.training.ddp import Group
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model, calls, history = _sgd_fit(Group(rank, world))
+    torch.save({"state": model.state_dict(), "calls": calls, "history": history}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
+    """Every epoch, each rank takes its contiguous slice of every global batch of one shared permutation
+    (disjoint, together the whole batch) and weights its loss by its share: after two epochs the
+    weights equal one process's to float tolerance, and so does every history row."""
+    import torch.multiprocessing as mp
+
+    from foldwise.training.ddp import SINGLE
+
+    mp.spawn(_ddp_rank, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model, calls, history = _sgd_fit(SINGLE)
+    assert len(calls) == 2 and all(size == BATCH for _, size in calls)
+    assert not torch.equal(calls[0][0], calls[1][0])  # a new permutation every epoch
+    for epoch, (order, _) in enumerate(calls):
+        (order0, sizes0), (order1, sizes1) = ranks[0]["calls"][epoch], ranks[1]["calls"][epoch]
+        assert sizes0 == [5, 5, 5, 5, 4] and sizes1 == [5, 5, 5, 5, 3]
+        for whole, mine, theirs in zip(order.split(BATCH), order0.split(sizes0), order1.split(sizes1)):
+            assert torch.equal(torch.cat([mine, theirs]), whole)  # rank 0's slice, then rank 1's: disjoint
+    for rank in ranks:
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(rank["state"][name], tensor, rtol=0, atol=1e-6)
+        assert len(rank["history"]) == 2
+        for mine, one in zip(rank["history"], history):
+            assert mine.keys() == one.keys()
+            for key in mine:
+                assert mine[key] == pytest.approx(one[key], abs=1e-6), key

@@ -92,3 +92,24 @@ def test_no_fold_models_keeps_the_single_model_or_names_the_fix(trained, tiny_se
     with pytest.raises(UserError, match=r"ensemble: true, but there are no fold models .*\(fold_models: none\); "
                                         r"valid: set fold_models to chosen or all"):
         assess(a, [], valid, train, tiny_set.classes, True, False, True, "fold_models: none")
+
+
+def test_auto_keeps_the_single_model_when_the_ensemble_is_more_accurate_but_not_significantly():
+    """3 images right only for the ensemble, none only for the single model: +3 points, but McNemar's
+    exact p is 0.25, so ``auto`` keeps the single model and says why with the numbers."""
+    import numpy as np
+
+    from foldwise.reporting.calibration import compare_paired
+    from foldwise.training.ensemble import _choose
+
+    labels = np.zeros(100, dtype=np.int64)
+    single = np.where(np.arange(100) < 80, 0, 1)  # 80 right
+    ensemble = np.where(np.arange(100) < 83, 0, 1)  # 83 right: the single model's 80 and 3 more
+    paired = compare_paired(labels, single, ensemble)
+    assert paired == {"only_first": 0, "only_second": 3, "p_value": 0.25}
+    rows = {"single": {"accuracy": 0.80}, "ensemble": {"accuracy": 0.83}}
+    used, why = _choose("auto", [torch.nn.Identity()], paired, rows, "")
+    assert used is False
+    assert why == ("the single model (ensemble: auto): the ensemble is not significantly more accurate "
+                   "(+3.00 points, McNemar p = 0.25; threshold 0.05)")
+    assert _choose(True, [torch.nn.Identity()], paired, rows, "")[0] is True  # pinned: used regardless
