@@ -1,6 +1,8 @@
 # make run    - install everything the project needs, then run the whole pipeline
 # make test   - install everything (and Chromium, for the browser tests), then run the test suite
-# make quick  - the unit tests alone (no dvc, Visdom or browser runs): the contributor's loop
+# make quick  - the linter and the unit tests alone (no dvc, Visdom or browser runs): the contributor's loop
+# make audit  - do the tests bite? planted bugs and mutation testing (an hour or more; not in CI)
+# make bench  - the benchmarks' full runs, which rewrite benchmarks/*.md (hours; not in CI)
 # make visdom - start the live view on http://127.0.0.1:8097 (offline; see README)
 # Both create (or reuse) the virtual environment .venv/ in the repo.
 
@@ -20,7 +22,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Telemetry cannot reach its server offline; don't try.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test quick visdom system browser mutation clean
+.PHONY: run test quick lint audit mutation bench visdom system browser clean
 
 PLOTS_TEMPLATE := .foldwise/plots/offline.html
 
@@ -32,17 +34,36 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 	dvc repro
 	@echo "== Stages that \"didn't change\" or were \"cached\" were reused, not recomputed. Run them all again: dvc repro -f =="
 
-test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser
-	$(BIN)/pytest
+# the 20 slowest tests are printed last, so a test that grows slow is seen
+test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser lint
+	$(BIN)/pytest --durations=20
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
-quick: $(STAMP) $(PLOTS_TEMPLATE)
+quick: $(STAMP) $(PLOTS_TEMPLATE) lint
 	$(BIN)/pytest -q -m "not e2e and not slow"
 
-# Mutation testing of the modules that decide results (25 to 50 minutes; not in CI): benchmarks/mutation.md
+# ruff, configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Do the tests bite? Each planted bug must fail a unit test (benchmarks/planted_bugs.md), then
+# mutmut over every module that decides results (benchmarks/mutation.md). Both match source text,
+# so they live here and not in CI: a rename cannot fail `make test`.
+audit: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,mutation]'
+	$(BIN)/python -m benchmarks.planted_bugs
+	$(BIN)/python -m benchmarks.mutation
+
+# mutation testing alone (the second half of make audit)
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,mutation]'
 	$(BIN)/python -m benchmarks.mutation
+
+# The benchmarks' full runs (CI runs only their smoke modes): each rewrites its report in benchmarks/
+bench: $(STAMP) $(RAY_STAMP)
+	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/experiments.py --out benchmarks/experiments.md
+	$(BIN)/python benchmarks/scale_out.py --out benchmarks/scale_out.md
 
 visdom: $(STAMP)
 	$(BIN)/foldwise-visdom

@@ -66,8 +66,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "non_blocking only changes whether a pinned host-to-GPU copy makes the host wait, never a value",
     ("data/normalize.py", r"std = .*\.view\(-1, 1, 1\)"):
         "a C x 1 x 1 std broadcasts over N x C x H x W as 1 x C x 1 x 1 does (the channel check reads the mean)",
-    ("training/engine.py", r"if n > 2 and n % p\.batch_size == 1"):
-        "n = 2 leaves a remainder of 1 only for batches of 1 image, and n % 1 is 0",
     ("training/engine.py", r"correct = torch\.zeros\(\(\), device=device, (dtype=None)?\)"):
         "a float32 count is exact up to 2**24 correct images per epoch: no test can afford more",
     ("training/engine.py", r"^\+\s+dtype = None$|torch\.autocast\(device\.type, (dtype=None, )?enabled="):

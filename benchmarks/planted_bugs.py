@@ -88,6 +88,19 @@ BUGS = (
     Bug("mcnemar-one-sided", "McNemar's p is one-sided (half the two-sided value)",
         "reporting/calibration.py", "return min(1.0, 2 * tail / 2**n)", "return min(1.0, tail / 2**n)",
         ("tests/reporting/test_calibration.py",)),
+    Bug("ensemble-auto-ignores-p", "ensemble: auto uses any more accurate ensemble, significant or not",
+        "training/ensemble.py", "better = gain > 0 and p < ALPHA", "better = gain > 0", ("tests/training/test_ensemble.py",)),
+    Bug("keeps-first-variant", "crossval keeps the first compared variant's fold models instead of the chosen one's",
+        "training/crossval.py", "else [chosen]", "else [p.compared[0]]", ("tests/training/test_crossval.py",)),
+    Bug("stats-drop-last", "statistics streamed from PNGs drop the last, partial chunk",
+        "data/batches.py", "DataLoader(files, batch_size=chunk, num_workers",
+        "DataLoader(files, batch_size=chunk, drop_last=True, num_workers", ("tests/data/test_normalize.py",)),
+    Bug("ddp-unweighted-slices", "DDP weights every process's slice alike, though the last global batch splits unevenly",
+        "training/engine.py", "weights = [len(s) * group.world / len(b) for s, b in zip(slices, globals_)]",
+        "weights = [1.0 for s, b in zip(slices, globals_)]", ("tests/training/test_ddp.py",)),
+    Bug("ddp-rank-shuffles", "each DDP process draws its own permutation (slices of different batches)",
+        "training/engine.py", "generator = torch.Generator().manual_seed(seed)",
+        "generator = torch.Generator().manual_seed(seed + group.rank)", ("tests/training/test_ddp.py",)),
 )
 
 

@@ -49,8 +49,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import pipeline_markdown, run_pipeline  # noqa: E402
-from training import (CONFIGS, EPOCH_MULTIPLIER, PATHS, PeakMemory, compare, load_fashion_mnist,  # noqa: E402
-                      reference_workload, time_to_accuracy)
+from training import (  # noqa: E402
+    CONFIGS,
+    EPOCH_MULTIPLIER,
+    PATHS,
+    PeakMemory,
+    compare,
+    load_fashion_mnist,
+    reference_workload,
+    time_to_accuracy,
+)
 
 from foldwise.core.params import load_params  # noqa: E402
 from foldwise.training.engine import choose_device  # noqa: E402

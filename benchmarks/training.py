@@ -21,9 +21,10 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import torch
@@ -125,7 +126,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
 
-    def record(self, result: "PathResult") -> None:
+    def record(self, result: PathResult) -> None:
         """Raise ``result``'s peaks to what was used since ``reset``."""
         result.rss_peak_mb = max(result.rss_peak_mb, self._sum("VmHWM:", self._pids()) - self.baseline)
         if self.cuda:

@@ -7,7 +7,7 @@ from pathlib import Path
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json, write_text
 from foldwise.core.params import load_params
-from foldwise.data.batches import open_arrays, open_split
+from foldwise.data.batches import open_split
 from foldwise.data.layout import read_classes
 from foldwise.live.monitors import monitor_from_env
 from foldwise.reporting.cvstats import cv_table, explain_choice, headline

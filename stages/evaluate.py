@@ -16,7 +16,13 @@ from foldwise.reporting.plot_data import confusion_counts, per_class, sample_pre
 from foldwise.training.augment import flip_allowed
 from foldwise.training.engine import choose_device
 from foldwise.training.ensemble import assess
-from foldwise.training.model_files import check_classes, load_checkpoint, load_fold_models, read_fold_record, read_record
+from foldwise.training.model_files import (
+    check_classes,
+    load_checkpoint,
+    load_fold_models,
+    read_fold_record,
+    read_record,
+)
 
 
 def main() -> None:

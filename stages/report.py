@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("--cv", required=True, help="crossval's full summary JSON")
     parser.add_argument("--cv-folds", required=True)
     parser.add_argument("--train", required=True, help="train's JSON summary")
-    parser.add_argument("--comparison", required=True, help="evaluate's comparison JSON (single, ensemble, calibration)")
+    parser.add_argument("--comparison", required=True,
+                        help="evaluate's comparison JSON (single, ensemble, calibration)")
     parser.add_argument("--per-class", required=True)
     parser.add_argument("--provenance", required=True)
     parser.add_argument("--confusion", required=True)

@@ -33,7 +33,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def make_images(n: int, classes: int = 3, size: int = 12, channels: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_images(n: int, classes: int = 3, size: int = 12, channels: int = 1,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Learnable synthetic images: class k has a bright band at row block k, plus noise."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % classes
@@ -149,7 +150,7 @@ class RecordingSource(Preloaded):
         self.orders: list[torch.Tensor | None] = []  # one per pass: the order asked for (None: stored order)
         self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # every batch yielded
 
-    def subset(self, idx: np.ndarray) -> "RecordingSource":
+    def subset(self, idx: np.ndarray) -> RecordingSource:
         part = super().subset(idx)
         child = RecordingSource(part.x, part.labels)
         self.subsets.append((np.asarray(idx).copy(), child))

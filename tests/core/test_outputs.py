@@ -1,12 +1,11 @@
 import json
-
-import pandas as pd
-import pytest
-
 import os
 import stat
 import subprocess
 import sys
+
+import pandas as pd
+import pytest
 
 from foldwise.core.outputs import atomic_dir, atomic_file, remove_leftovers, write_csv, write_json
 

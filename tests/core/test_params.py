@@ -40,7 +40,8 @@ def test_every_key_is_tracked_by_some_dvc_stage():
     assert set(FIELDS) - tracked == UNTRACKED, "a key no stage tracks would not re-run anything when changed"
     assert not UNTRACKED & tracked
     # only the report (it lists every changed key, in a second) depends on the whole file
-    whole_file = {name for name, stage in stages.items() for key in stage.get("params", []) if key == {"params.yaml": None}}
+    whole_file = {name for name, stage in stages.items()
+                  for key in stage.get("params", []) if key == {"params.yaml": None}}
     assert whole_file == {"report"}
 
 

@@ -27,7 +27,6 @@ from foldwise.data.sources import read_idx
 from tests.conftest import jpeg_bytes, write_idx
 
 
-
 def seeded(examples: int) -> settings:
     """Seeded: CI tries the inputs tried here. 2,300 inputs in all: 6.7 s of
     `pytest tests/data/test_fuzz.py` on 2 cores."""

@@ -102,7 +102,8 @@ class Server:
         """Every window of ``env``, through the server's own HTTP API (POST /win_data)."""
         out = self.net.python(
             "import json, urllib.request as u\n"
-            f"r = u.urlopen(u.Request('{self.url}/win_data', data=json.dumps({{'eid': '{env}', 'win': None}}).encode()))\n"
+            f"r = u.urlopen(u.Request('{self.url}/win_data', "
+            f"data=json.dumps({{'eid': '{env}', 'win': None}}).encode()))\n"
             "print(r.read().decode())")
         return json.loads(out)
 

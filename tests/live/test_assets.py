@@ -35,7 +35,8 @@ def demo_registry(http_mirror, monkeypatch):
     data = npm_tarball({"package/dist/demo.min.js": b"var demo = 1;", "package/README": b"x"})
     (root / "demo/-").mkdir(parents=True)
     (root / "demo/-/demo-1.0.0.tgz").write_bytes(data)
-    monkeypatch.setattr(visdom_assets, "ASSETS", {"demo@1.0.0": (integrity(data), {"package/dist/demo.min.js": "js/demo.min.js"})})
+    assets = {"demo@1.0.0": (integrity(data), {"package/dist/demo.min.js": "js/demo.min.js"})}
+    monkeypatch.setattr(visdom_assets, "ASSETS", assets)
     return root, url, data
 
 

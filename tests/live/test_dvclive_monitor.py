@@ -64,8 +64,8 @@ def test_files_grow_every_epoch(dvc_project):
 
 def test_resumed_crossval_writes_the_same_files_as_an_uninterrupted_one(dvc_project, tiny_set, tiny_stats,
                                                                          tiny_params):
-    from tests.conftest import Interrupted, Killed
     from foldwise.training.resume import Checkpoints
+    from tests.conftest import Interrupted, Killed
 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, epochs=3)

@@ -1,12 +1,11 @@
 """The live monitor without a visdom server: settings, throttling, the event log, and servers that fail.
 
-A real visdom server, the browser and replay are in test_live_e2e.py.
+A real visdom server, the browser and replay are in tests/e2e/test_live.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from foldwise.live.monitors import env_name, monitor_from_env, parse_every, server_url
 from foldwise.live.visdom_monitor import VisdomMonitor, run_label
@@ -67,7 +65,7 @@ def read_log(path: Path) -> list[tuple[str, dict]]:
 def points(log: list[tuple[str, dict]], win: str) -> dict[str, int]:
     """Points per trace of a line window, as the log's create + append messages add them up."""
     counts: dict[str, int] = {}
-    for endpoint, msg in log:
+    for _endpoint, msg in log:
         if msg.get("win") != win:
             continue
         for trace in msg["data"]:
@@ -111,7 +109,8 @@ def test_env_name_is_the_experiment_or_the_runs_start(tmp_path):
     # two stages started by one `dvc` command, a second apart, share the name of its start time
     code = "from foldwise.live.monitors import env_name; print(env_name({}))"
     dvc = tmp_path / "dvc"  # stands in for dvc: a parent process whose command is `dvc`
-    dvc.write_text(f'#!/bin/sh\nsleep 1.1\n{sys.executable} -c "{code}"; sleep 1.1; sh -c \'{sys.executable} -c "{code}"\'\n')
+    dvc.write_text(f'#!/bin/sh\nsleep 1.1\n{sys.executable} -c "{code}"; sleep 1.1; '
+                   f'sh -c \'{sys.executable} -c "{code}"\'\n')
     dvc.chmod(0o755)
     out = subprocess.run([str(dvc)], capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == 2 and out[0] == out[1]

@@ -3,8 +3,15 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from foldwise.reporting.calibration import (compare_paired, expected_calibration_error, fit_temperature, mcnemar_p,
-                                            nll, reliability, scale)
+from foldwise.reporting.calibration import (
+    compare_paired,
+    expected_calibration_error,
+    fit_temperature,
+    mcnemar_p,
+    nll,
+    reliability,
+    scale,
+)
 
 
 def test_a_perfectly_calibrated_predictor_has_an_ece_near_zero_and_an_overconfident_one_a_large_ece():

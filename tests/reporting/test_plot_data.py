@@ -1,9 +1,19 @@
 import numpy as np
 import pandas as pd
 
-from foldwise.reporting.plot_data import (GALLERY, MAX_PREDICTION_ROWS, confident_mistakes, confusion, confusion_counts,
-                                counts_matrix, curve_families, per_class, pick_examples, read_table,
-                                sample_predictions)
+from foldwise.reporting.plot_data import (
+    GALLERY,
+    MAX_PREDICTION_ROWS,
+    confident_mistakes,
+    confusion,
+    confusion_counts,
+    counts_matrix,
+    curve_families,
+    per_class,
+    pick_examples,
+    read_table,
+    sample_predictions,
+)
 
 CLASSES = ["cat", "dog", "fox"]
 

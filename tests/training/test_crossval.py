@@ -161,11 +161,13 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
         run_crossval(Preloaded(x, tiny_set.labels), 3, p, checkpoints=Killed("crossval", "k1", tmp_path, n=10))
     capsys.readouterr()
     seen = Recorder()
-    resumed = run_crossval(Preloaded(x, tiny_set.labels), 3, p, seen, checkpoints=Checkpoints("crossval", "k1", tmp_path))
+    resumed = run_crossval(Preloaded(x, tiny_set.labels), 3, p, seen,
+                           checkpoints=Checkpoints("crossval", "k1", tmp_path))
     err = capsys.readouterr().err
     assert "resuming dropout fold 0 after epoch 2\n" in err and err.count("resuming") == 1  # finished runs: done
     # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
-    assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold", *(["epoch"] * 3 + ["fold"]) * 3]
+    assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold",
+                          *(["epoch"] * 3 + ["fold"]) * 3]
     assert seen.folds == whole.folds.to_dict("records")
     pd.testing.assert_frame_equal(resumed.folds, whole.folds)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
@@ -190,7 +192,8 @@ def test_crossval_keeps_the_chosen_variants_fold_models_bit_identical_run_to_run
     result = run_crossval(data, 3, tiny_params)  # fold_models: chosen (the default)
     chosen = result.summary["chosen"]
     assert list(result.weights) == [(chosen, 0), (chosen, 1)]
-    assert result.kept_note == f"fold_models: chosen (crossval keeps the fold models of crossval's chosen variant, {chosen})"
+    assert result.kept_note == ("fold_models: chosen (crossval keeps the fold models of crossval's chosen variant, "
+                                f"{chosen})")
     folds = make_folds(tiny_set.labels.numpy(), 2, tiny_params.seed)
     for (variant, fold), weights in result.weights.items():  # each is its fold's model, as it ended
         model = build_model((1, 12, 12), 3, tiny_params.for_variant(variant))
@@ -199,7 +202,8 @@ def test_crossval_keeps_the_chosen_variants_fold_models_bit_identical_run_to_run
         assert evaluate(model, data.subset(folds[fold][1])).accuracy == pytest.approx(row.final_valid_acc)
     again = run_crossval(data, 3, tiny_params)
     for name, r in (("a", result), ("b", again)):
-        save_fold_models(tmp_path / name, r.weights, tiny_params, tiny_set.classes, tiny_stats, (1, 12, 12), r.kept_note)
+        save_fold_models(tmp_path / name, r.weights, tiny_params, tiny_set.classes, tiny_stats, (1, 12, 12),
+                         r.kept_note)
     files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.pt"))
     assert len(files) == 2 and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
                                    for f in files)

@@ -30,7 +30,8 @@ if _log:
         if event != "open" or _busy or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
         mode, flags = args[1], args[2] if len(args) > 2 else 0
-        writes = (mode is not None and any(c in mode for c in "wax+")) or (mode is None and flags & (os.O_WRONLY | os.O_RDWR))
+        writes = ((mode is not None and any(c in mode for c in "wax+"))
+                  or (mode is None and flags & (os.O_WRONLY | os.O_RDWR)))
         if writes:
             _busy.append(1)
             os.write(_fd, f"{os.environ.get('RANK', 'launcher')}\\t{os.fsdecode(args[0])}\\n".encode())

@@ -436,7 +436,8 @@ def test_patience_zero_keeps_the_last_weights_and_patience_one_stops_after_one_b
 
 
 @pytest.mark.parametrize("patience, best", [(0, 2), (3, 1)])
-def test_the_best_epoch_is_the_highest_accuracy_without_early_stopping_else_the_lowest_loss(patience, best, tiny_params):
+def test_the_best_epoch_is_the_highest_accuracy_without_early_stopping_else_the_lowest_loss(patience, best,
+                                                                                           tiny_params):
     """Epoch 2 has the higher accuracy, epoch 1 the lower loss: which one is best depends on patience."""
     p = dataclasses.replace(tiny_params, epochs=3, patience=patience)
     model = nn.Linear(2, 2)

@@ -22,7 +22,6 @@ from foldwise.training.resume import Checkpoints
 from tests.conftest import Interrupted, Killed
 
 
-
 def test_settings_come_from_the_environment_and_bad_values_name_the_variable():
     assert ray_from_env({}) is None and ray_from_env({"FOLDWISE_RAY": "off"}) is None
     assert ray_from_env({"FOLDWISE_RAY": "local"}) == RaySettings("local", 1.0, None)
@@ -52,7 +51,8 @@ def sequential(tiny_set, tiny_stats, p, threads: int = 1):
 
 def assert_same(a, b) -> None:
     """Equal tables, summary and kept fold models, bit for bit, wall-clock seconds aside."""
-    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"), check_exact=True)
+    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"),
+                                  check_exact=True)
     pd.testing.assert_frame_equal(a.folds, b.folds, check_exact=True)
     assert a.summary == b.summary
     assert list(a.weights) == list(b.weights) and a.weights and a.kept_note == b.kept_note

@@ -1,4 +1,5 @@
 import dataclasses
+
 import pytest
 import torch
 
@@ -31,6 +32,9 @@ def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set
     with pytest.raises(Interrupted):  # killed after the first epoch's checkpoint
         train_final(train, valid, 3, p, "dropout", checkpoints=Killed("train", "k", tmp_path, n=1))
     resumed, result = train_final(train, valid, 3, p, "dropout", checkpoints=Checkpoints("train", "k", tmp_path))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
     assert strip(result.history) == strip(whole_result.history)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))

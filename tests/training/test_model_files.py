@@ -8,9 +8,17 @@ import torch
 from foldwise.core.errors import UserError
 from foldwise.training.engine import predict
 from foldwise.training.final import train_final
+from foldwise.training.model_files import (
+    check_classes,
+    load_checkpoint,
+    load_fold_models,
+    model_record,
+    read_fold_record,
+    read_record,
+    save_checkpoint,
+    save_fold_models,
+)
 from foldwise.training.models import build_model
-from foldwise.training.model_files import (check_classes, load_checkpoint, load_fold_models, model_record, read_fold_record,
-                                           read_record, save_checkpoint, save_fold_models)
 from tests.conftest import train_valid
 
 

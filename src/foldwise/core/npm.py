@@ -14,8 +14,8 @@ import os
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REGISTRY_ENV = "npm_config_registry"  # npm's own setting: a mirror, when the public registry is out of reach
 DEFAULT_REGISTRY = "https://registry.npmjs.org"

@@ -19,12 +19,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
-
 
 TMP_MARK = ".tmp-"  # temporary siblings are named .<output name>.tmp-<random>
 

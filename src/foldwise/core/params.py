@@ -12,9 +12,10 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -110,7 +111,7 @@ class Params:
             f"or several joined by '+' (section 'variants' of params.yaml)"
         )
 
-    def for_variant(self, name: str) -> "Params":
+    def for_variant(self, name: str) -> Params:
         """These params with the named variant's overrides applied."""
         return dataclasses.replace(self, **self.overrides(name))
 

@@ -22,9 +22,9 @@ import lzma
 import os
 import stat
 import struct
-import zlib
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -105,7 +105,7 @@ class FileTree:
     def close(self) -> None:
         """Release the archive's file handle (folders hold none)."""
 
-    def __enter__(self) -> "FileTree":
+    def __enter__(self) -> FileTree:
         return self
 
     def __exit__(self, *exc: object) -> None:

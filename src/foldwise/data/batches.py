@@ -12,8 +12,9 @@ yield the same batches, bit for bit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class BatchSource(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...  # C x H x W
 
-    def subset(self, idx: np.ndarray) -> "BatchSource": ...
+    def subset(self, idx: np.ndarray) -> BatchSource: ...
 
     def batches(self, order: torch.Tensor | None, size: int | list[int]) -> Iterator[tuple[torch.Tensor, Any]]: ...
 
@@ -71,7 +72,7 @@ class Preloaded:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def subset(self, idx: np.ndarray) -> "Preloaded":
+    def subset(self, idx: np.ndarray) -> Preloaded:
         index = torch.as_tensor(idx, device=self.x.device)  # pragma: no mutate (device: CUDA only)
         return Preloaded(self.x[index], None if self.labels is None else self.labels[index])
 
@@ -101,7 +102,7 @@ class Streamed:
     def shape(self) -> tuple[int, ...]:
         return self.files.shape
 
-    def subset(self, idx: np.ndarray) -> "Streamed":
+    def subset(self, idx: np.ndarray) -> Streamed:
         return Streamed(self.files.subset(idx), self.stats, self.device, self.workers)
 
     def batches(self, order: torch.Tensor | None, size: int | list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

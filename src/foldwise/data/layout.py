@@ -64,7 +64,7 @@ class PngFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(_decode(self.paths[i])).permute(2, 0, 1).contiguous(), self.labels[i]
 
-    def subset(self, idx: np.ndarray) -> "PngFiles":
+    def subset(self, idx: np.ndarray) -> PngFiles:
         return PngFiles([self.paths[i] for i in idx], self.labels[torch.as_tensor(idx)])
 
     @property

@@ -13,17 +13,17 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from foldwise.data.archives import DamagedMember
-from foldwise.data.images import MAX_FILE_BYTES, SkipImage, Size, convert_array, decode
-from foldwise.data.layout import CLASSES, MANIFEST, PIXELS, SPLITS
+from foldwise.data.images import MAX_FILE_BYTES, Size, SkipImage, convert_array, decode
+from foldwise.data.layout import CLASSES, MANIFEST, PIXELS
 from foldwise.data.sources import FileImages, RawData, Splits
 
 REPORT = "report.json"  # images per split, skipped files per reason, empty classes

@@ -16,13 +16,13 @@ the files that are not usable images.
 from __future__ import annotations
 
 import gzip
-import zlib
 import importlib.util
-import pickle
 import io
+import pickle
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import numpy as np
 

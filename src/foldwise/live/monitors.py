@@ -20,6 +20,7 @@ from foldwise.live.visdom_monitor import VisdomMonitor
 from foldwise.reporting.plot_data import confusion, pick_examples
 from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
 
+
 def _proc_stat(pid: int) -> tuple[int, int]:
     """(parent pid, start time in clock ticks after boot) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

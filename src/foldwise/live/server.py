@@ -17,9 +17,18 @@ import sys
 from pathlib import Path
 
 from foldwise.live.assets import install_assets, missing_assets
-from foldwise.live.settings import (DEFAULT_ENV_PATH, DEFAULT_HOST, DEFAULT_PORT, HOST_ENV, PASSWORD_ENV,
-                                    PORT_ENV, USER_ENV, server_url)
+from foldwise.live.settings import (
+    DEFAULT_ENV_PATH,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    HOST_ENV,
+    PASSWORD_ENV,
+    PORT_ENV,
+    USER_ENV,
+    server_url,
+)
 from foldwise.live.visdom_monitor import Sender
+
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and ``localhost``: addresses nobody else can reach."""
@@ -85,7 +94,8 @@ def replay(log: Path, server: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="foldwise-visdom", description="The live view: a visdom server that works offline.")
+    parser = argparse.ArgumentParser(prog="foldwise-visdom",
+                                     description="The live view: a visdom server that works offline.")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("serve", help="start the server (the default)")
     for p, top in ((parser, True), (run, False)):

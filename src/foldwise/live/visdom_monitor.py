@@ -62,7 +62,8 @@ class Sender:
             r = self.session.post(self.url + "/", timeout=self.timeout,
                                   json={"username": user, "password": hash_password(password)})
             if r.status_code != 200:
-                raise ConnectionError(f"login as {user} refused (HTTP {r.status_code}); check {USER_ENV}/{PASSWORD_ENV}")
+                raise ConnectionError(f"login as {user} refused (HTTP {r.status_code}); "
+                                      f"check {USER_ENV}/{PASSWORD_ENV}")
             self._logged_in = True
 
     def post(self, endpoint: str, msg: dict[str, Any]) -> None:

@@ -28,7 +28,8 @@ PAGE = """<!DOCTYPE html>
 <head>
     {refresh_tag}
     <title>DVC Plot</title>
-    <!-- vega, vega-lite and vega-embed, inlined by foldwise (src/foldwise/reporting/plots_html.py) so the page needs no network -->
+    <!-- vega, vega-lite and vega-embed, inlined by foldwise (src/foldwise/reporting/plots_html.py)
+         so the page needs no network -->
     %s
     <style>
         body { font-family: sans-serif; }

@@ -20,7 +20,8 @@ FIGURES = (  # file in reports/figures, caption
     ("confusion_matrix.png", "Test confusion matrix"),
     ("misclassified.png", "The most confidently misclassified test images"),
     ("sample_predictions.png", "Test images picked at random, with their predictions"),
-    ("reliability.png", "Reliability of the model's probabilities on the test set, before and after temperature scaling"),
+    ("reliability.png",
+     "Reliability of the model's probabilities on the test set, before and after temperature scaling"),
 )
 MODEL_NAMES = {"single": "single final model", "ensemble": "fold ensemble (mean softmax of the K fold models)"}
 NOT_COMPARED = ("variants", "compare")  # shown in the cross-validation section instead

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model, check_model
 from foldwise.training.monitor import Monitor
 from foldwise.training.resume import Checkpoints
+
 
 def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified, seeded (train_idx, valid_idx) pairs; every class needs >= k images."""

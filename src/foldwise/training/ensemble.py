@@ -23,8 +23,15 @@ from torch import nn
 
 from foldwise.core.errors import UserError
 from foldwise.data.batches import BatchSource
-from foldwise.reporting.calibration import (ALPHA, compare_paired, expected_calibration_error, fit_temperature,
-                                            nll, reliability, scale)
+from foldwise.reporting.calibration import (
+    ALPHA,
+    compare_paired,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability,
+    scale,
+)
 from foldwise.reporting.metrics import classification_metrics
 from foldwise.training.engine import predict
 
@@ -95,7 +102,8 @@ def _choose(choice: bool | str, folds: list[nn.Module], paired: dict[str, Any] |
         return better, (f"the {'ensemble' if better else 'single model'} (ensemble: auto): the ensemble is "
                         f"{verdict} more accurate ({100 * gain:+.2f} points, McNemar p = {p:.3g}; "
                         f"threshold {ALPHA})")
-    return bool(choice), f"the {'ensemble' if choice else 'single model'}: ensemble: {str(choice).lower()} in params.yaml"
+    used = "ensemble" if choice else "single model"
+    return bool(choice), f"the {used}: ensemble: {str(choice).lower()} in params.yaml"
 
 
 def assess(single: nn.Module, folds: list[nn.Module], test: BatchSource, valid: BatchSource, classes: list[str],

@@ -21,9 +21,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ class RayFanout:
         self._ray: Any = None
         self._started = False
 
-    def __enter__(self) -> "RayFanout":
+    def __enter__(self) -> RayFanout:
         ray = self._ray = _check_installed()
         s = self.settings
         if not ray.is_initialized():

@@ -78,7 +78,8 @@ def _restore(path: str | Path, stage: str = "train") -> str:
 
 
 def load_checkpoint(path: str | Path, device: torch.device, sha256: str = "",
-                    recorded_in: str = "train's model record", stage: str = "train") -> tuple[nn.Module, dict[str, Any]]:
+                    recorded_in: str = "train's model record", stage: str = "train"
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved by ``save_checkpoint``, in eval mode on ``device``.
 
     With ``sha256`` (what train recorded, in ``recorded_in``), the file is checked first: DVC

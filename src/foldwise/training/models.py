@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import math
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +195,7 @@ def build_torchvision(name: str, shape: Shape, num_classes: int, p: Params) -> n
     return model
 
 
-MODELS: dict[str, Callable[[Shape, int, "Params"], nn.Module]] = {
+MODELS: dict[str, Callable[[Shape, int, Params], nn.Module]] = {
     "softmax": build_softmax,
     "mlp": build_mlp,
     "lenet": build_lenet,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-
 
 HOOKS = ("start", "on_step", "on_epoch_end", "on_resume", "on_predictions", "on_fold_end", "on_test", "close")
 
@@ -22,7 +22,7 @@ HOOKS = ("start", "on_step", "on_epoch_end", "on_resume", "on_predictions", "on_
 def _guarded(hook: Callable[..., None]) -> Callable[..., None]:
     """``hook`` that prints one warning per monitor instead of raising."""
     @functools.wraps(hook)
-    def call(self: "Monitor", *args: Any, **kwargs: Any) -> None:
+    def call(self: Monitor, *args: Any, **kwargs: Any) -> None:
         try:
             hook(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - monitoring must never stop training

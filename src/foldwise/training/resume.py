@@ -29,8 +29,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ def fingerprint(config: Any, files: Iterable[str | Path] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
-def for_stage(stage: str, params: dict[str, Any], device: str, inputs: Iterable[str | Path]) -> "Checkpoints":
+def for_stage(stage: str, params: dict[str, Any], device: str, inputs: Iterable[str | Path]) -> Checkpoints:
     """The checkpoints of ``stage`` for these params (minus the untracked ones), device and input files."""
     from foldwise.core.params import UNTRACKED
 

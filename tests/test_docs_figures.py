@@ -1,0 +1,99 @@
+"""Every figure README and docs/ quote from a file is checked against that file, so a number edited by
+hand, or a file regenerated without its quotes, fails here. Figures that no file holds name the command
+that produced them beside them (docs/development.md, "One home per fact")."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_FILES = ["reports/metrics.json", "reports/cv.json", "reports/train.json"]
+
+
+def text(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def one(pattern: str, name: str) -> re.Match:
+    """The single match of ``pattern`` in file ``name``, its figures in the groups."""
+    found = list(re.finditer(pattern, text(name), re.M | re.S))
+    assert len(found) == 1, f"{name}: expected one match of {pattern!r}, found {len(found)}"
+    return found[0]
+
+
+def experiments_row(step: str) -> float:
+    """Seconds of one step of benchmarks/experiments.md's table."""
+    return float(one(rf"^\| {re.escape(step)} \| ([\d.]+) \|$", "benchmarks/experiments.md")[1])
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return json.loads(text("reports/metrics.json"))
+
+
+def leaves(data) -> int:
+    return sum(leaves(v) for v in data.values()) if isinstance(data, dict) else 1
+
+
+def test_readme_ensemble_table_is_the_committed_metrics(metrics):
+    table = one(r"^\| single final model \| ([\d.]+) \| \|\n"
+                r"\| ensemble of the (\d+) fold models \| \*\*([\d.]+)\*\* \| ([\d.]+) \|\n"
+                r"\| the ensemble, temperature-scaled \| ([\d.]+) \| \*\*([\d.]+)\*\* \|$", "README.md")
+    single, k, ensemble, ece_before, scaled, ece = table.groups()
+    assert float(single) == metrics["test"]["accuracy"]
+    assert int(k) == int(one(r"^k_folds: (\d+)", "params.yaml")[1])
+    assert float(ensemble) == float(scaled) == metrics["ensemble"]["accuracy"]  # scaling keeps every argmax
+    assert ece_before == f"{metrics['calibration']['ece_before']:.4f}"
+    assert ece == f"{metrics['calibration']['ece']:.4f}"
+    gain, p = one(r"The ensemble is \+([\d.]+) points \(McNemar p = ([\d.e-]+)\)", "README.md").groups()
+    assert gain == f"{100 * (metrics['ensemble']['accuracy'] - metrics['test']['accuracy']):.2f}"
+    assert p == f"{metrics['ensemble']['mcnemar_p']:.2g}".replace("e-0", "e-")
+
+
+def test_readme_iterating_times_are_benchmarks_experiments_md():
+    back, share, first = one(r"took ([\d.]+) s, ([\d.]+)% of the ([\d.]+) s its\s+training stages took",
+                             "README.md").groups()
+    assert float(back) == experiments_row("back to the committed lr: every training stage restored from the "
+                                          "run-cache")
+    quoted = one(r"Return to a previous lr: \*\*([\d.]+)%\*\* of that lr's first run \(its training stages, "
+                 r"([\d.]+) s;", "benchmarks/experiments.md")
+    assert (share, first) == quoted.groups()
+    minutes = int(one(r"`make run` then takes about (\d+) minutes", "README.md")[1])
+    assert minutes == round(experiments_row("fresh clone, `dvc repro` in all (git status clean after it)") / 60)
+
+
+def test_docs_iterating_queue_figures_are_benchmarks_experiments_md():
+    queued, sequential, ratio = one(r"two default experiments took ([\d,]+) s queued with two workers\s+"
+                                    r"against ([\d,]+) s one after the other \(([\d.]+)x slower",
+                                    "docs/iterating.md").groups()
+    assert int(queued.replace(",", "")) == round(experiments_row(
+        "two of the same cost queued, `dvc queue start -j 2` (lr 0.005, 0.02)"))
+    table = one(r"^\| two experiments one after the other \(lr 0\.004, 0\.016\) \| ([\d.]+) ",
+                "benchmarks/experiments.md")
+    assert int(sequential.replace(",", "")) == round(float(table[1]))
+    measured = one(r"two workers vs one after the other: \*\*([\d.]+)x", "benchmarks/experiments.md")[1]
+    assert ratio == f"{float(measured):.1f}"
+
+
+def test_docs_iterating_counts_the_committed_metric_values():
+    quoted = int(one(r"\((\d+) values\s+for the default params", "docs/iterating.md")[1])
+    assert quoted == sum(leaves(json.loads(text(name))) for name in METRIC_FILES)
+
+
+def test_docs_models_quotes_the_committed_cv_comparison():
+    cv = json.loads(text("reports/cv.json"))["variants"]
+    gain, p = one(r"l2's \+([\d.]+) points over baseline gets p = ([\d.]+)", "docs/models.md").groups()
+    assert gain == f"{100 * (cv['l2']['valid_acc_mean'] - cv['baseline']['valid_acc_mean']):.2f}"
+    assert p == f"{cv['l2']['p_value']:.3f}"
+
+
+def test_every_benchmark_report_named_in_docs_exists():
+    """A link or path to a report that was renamed or removed is a stale fact too."""
+    named = {m for doc in ["README.md", "params.yaml", *sorted(p.relative_to(ROOT).as_posix()
+                                                               for p in (ROOT / "docs").glob("*.md"))]
+             for m in re.findall(r"benchmarks/[\w./-]+\.(?:md|py)", text(doc))}
+    assert named and [n for n in sorted(named) if not (ROOT / n).is_file()] == []
