@@ -106,6 +106,21 @@ def test_checkpoints_of_other_experiments_are_never_resumed_nor_touched(tmp_path
     assert not (tmp_path / "crossval" / "lr-b").exists()
 
 
+def test_two_runs_starting_together_both_save_when_the_other_made_the_stage_folder(tmp_path, monkeypatch):
+    """Two queued experiments start side by side: the second one's existence check runs before the
+    first one's mkdir of ``crossval/`` and its own mkdir then finds the folder there (as
+    ``dvc queue start -j 2`` did). It uses that folder: no FileExistsError."""
+    first = Checkpoints("crossval", "lr-a", tmp_path)
+    first.save("run000", {"done": True})
+    stage_dir = tmp_path / "crossval"
+    real_is_dir = Path.is_dir
+    monkeypatch.setattr(Path, "is_dir", lambda self: False if self == stage_dir else real_is_dir(self))
+    second = Checkpoints("crossval", "lr-b", tmp_path)
+    second.save("run000", {"done": False})
+    monkeypatch.undo()
+    assert second.load("run000") == {"done": False} and first.load("run000") == {"done": True}
+
+
 def test_checkpoints_nobody_wrote_for_a_week_are_pruned(tmp_path):
     Checkpoints("crossval", "killed", tmp_path).save("run000", {"done": False})
     Checkpoints("crossval", "running", tmp_path).save("run000", {"done": False})

@@ -102,10 +102,15 @@ class Checkpoints:
                 shutil.rmtree(other, ignore_errors=True)
 
     def _make(self, folder: Path) -> None:
-        """Create ``folder`` with the marker; one that exists already is used as it is."""
-        if not folder.is_dir():
+        """Create ``folder`` with the marker; one that exists already is used as it is, also when another
+        run (a queued experiment beside this one) creates it between the check and the ``mkdir``."""
+        if folder.is_dir():
+            return
+        try:
             folder.mkdir(parents=True)
-            (folder / MARKER).write_text("made by foldwise: deleted once its run finishes\n")
+        except FileExistsError:
+            return
+        (folder / MARKER).write_text("made by foldwise: deleted once its run finishes\n")
 
     def load(self, name: str) -> dict[str, Any] | None:
         """The state saved as ``name``, or None when there is none (or it cannot be read)."""
