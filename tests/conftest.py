@@ -68,14 +68,24 @@ def read_split(prepared_dir: Path, split: str) -> ImageSet:
 
 
 E2E = Path(__file__).resolve().parent / "e2e"
+# Modules that start Ray: under pytest-xdist they share one worker, so no two Ray instances start at once.
+RAY_MODULES = {"tests/training/test_fanout.py", "tests/training/test_fanout_cluster.py", "tests/e2e/test_scale_out.py",
+               "tests/e2e/test_benchmarks.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/e2e/ is an end-to-end test (real dvc, Visdom, a browser, subprocesses):
-    ``make quick`` (``pytest -m "not e2e"``) leaves them out."""
+    ``make quick`` (``pytest -m "not e2e"``) leaves them out.
+
+    ``make test`` runs two pytest-xdist workers with ``--dist loadgroup``: every module is one group,
+    so its tests run in order on one worker (the e2e modules build on their earlier tests' state),
+    and the modules that start Ray are one group together."""
     for item in items:
-        if E2E in Path(item.fspath).parents:
+        path = Path(item.fspath)
+        if E2E in path.parents:
             item.add_marker(pytest.mark.e2e)
+        module = path.relative_to(PACKAGE.parents[1]).as_posix()
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
 
 
 @pytest.fixture
@@ -109,7 +119,8 @@ def http_mirror(tmp_path):
 
     handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # serve_forever checks for shutdown every poll_interval: 0.5 s by default, paid by every test's teardown
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 

@@ -13,23 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_pipeline import ALL_STAGES, METRICS, make_clone, ran_stages, run, set_params
+from tests.e2e.conftest import copy_project
+from tests.e2e.test_pipeline import METRICS, ran_stages, run, set_params
 
 TRAINING = ["crossval", "train", "evaluate", "plots", "report"]
 DATA = ["download", "prepare", "normalize"]
-DIGITS = {"dataset": "digits", "valid_size": "0.15", "batch_size": "64", "epochs": "3", "k_folds": "2"}
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
+def digits(digits_reference, tmp_path_factory) -> Path:
     """A project on digits whose reference run (lr 0.008) is committed with its dvc.lock."""
-    repo = tmp_path_factory.mktemp("digits")
-    make_clone(repo)
-    set_params(repo / "params.yaml", DIGITS)
-    assert ran_stages(run(repo, "dvc", "repro").stdout) == ALL_STAGES
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "reference run on digits")
-    return repo
+    return copy_project(digits_reference, tmp_path_factory.mktemp("digits"))
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:
@@ -138,7 +132,7 @@ def test_dvclive_files_grow_while_crossval_runs_and_dvc_plots_draws_them(digits)
         time.sleep(0.02)
     out = proc.communicate()[0]
     assert proc.returncode == 0, out
-    if seen and seen[0] == 2 * 3:  # the previous run's file, read before DVC removed the stage's outputs
+    if seen and seen[0] == 2 * 2:  # the previous run's file, read before DVC removed the stage's outputs
         seen.pop(0)
     assert len(seen) >= 3 and seen == sorted(seen), seen  # read mid-run, growing epoch by epoch
     rows = (curve.read_text().splitlines())
@@ -147,5 +141,5 @@ def test_dvclive_files_grow_while_crossval_runs_and_dvc_plots_draws_them(digits)
     html = (digits / "live-html" / "index.html").read_text()
     assert "reports/live/crossval/plots/metrics/baseline/valid_acc.tsv" in html
     assert "<script src=" not in html  # offline: the template inlines vega
-    set_params(digits / "params.yaml", {"epochs": "3"})
+    set_params(digits / "params.yaml", {"epochs": "2"})
     run(digits, "dvc", "checkout", "--force")

@@ -21,12 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_pipeline import make_clone, ran_stages, run, set_params
+from tests.e2e.test_pipeline import ran_stages, run
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ARTIFACTS = Path(os.environ.get("FOLDWISE_ARTIFACTS", ROOT / "test-artifacts"))
-DIGITS = {"dataset": "digits", "valid_size": "0.15", "batch_size": "64", "epochs": "2", "k_folds": "2"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
@@ -151,16 +150,11 @@ def colour_pixels(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int =
     return int((np.abs(image - np.array(rgb)).max(axis=2) <= tolerance).sum())
 
 
-def test_a_dvc_experiment_streams_into_the_offline_live_view(net, tmp_path):
+def test_a_dvc_experiment_streams_into_the_offline_live_view(net, digits_copy, tmp_path):
     from foldwise.data.layout import read_manifest
     from foldwise.training.crossval import make_folds
 
-    repo = tmp_path / "project"
-    repo.mkdir()
-    make_clone(repo)
-    set_params(repo / "params.yaml", DIGITS)
-    run(repo, "git", "commit", "-qam", "small digits run")
-    run(repo, "dvc", "repro")  # monitor off
+    repo = digits_copy  # reproduced with the monitor off
     server = Server(net, tmp_path / "viz")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src"),
            "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu", "FOLDWISE_VISDOM": server.url,

@@ -9,19 +9,17 @@ import shutil
 import pytest
 
 from foldwise.reporting.plot_data import MAX_PREDICTION_ROWS
-from tests.e2e.test_live import ARTIFACTS, CHROMIUM_FLAGS, DIGITS, colour_pixels, net, screenshot  # noqa: F401
-from tests.e2e.test_pipeline import make_clone, run, set_params
+from tests.e2e.conftest import copy_project
+from tests.e2e.test_live import ARTIFACTS, CHROMIUM_FLAGS, colour_pixels, net, screenshot  # noqa: F401
+from tests.e2e.test_pipeline import run
 
 DVC_REV_COLOURS = [(0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)]  # dvc-render's first two revision colours
 VEGA_REV_COLOURS = [(0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18)]  # Vega's category10: our templates' revisions
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("project")
-    make_clone(repo)
-    set_params(repo / "params.yaml", DIGITS)
-    run(repo, "git", "commit", "-qam", "digits")
+def repo(digits_reference, tmp_path_factory):
+    repo = copy_project(digits_reference, tmp_path_factory.mktemp("project"))
     for name, lr in (("lr-slow", "0.002"), ("lr-fast", "0.02")):
         run(repo, "dvc", "exp", "run", "-n", name, "-S", f"lr={lr}")
     return repo
