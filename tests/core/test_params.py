@@ -45,6 +45,19 @@ def test_every_key_is_tracked_by_some_dvc_stage():
     assert whole_file == {"report"}
 
 
+def test_every_variant_key_is_tracked_by_every_stage_that_trains_with_it():
+    """A variant key changes how crossval trains its runs and how train trains the final model (and,
+    through them, what evaluate loads): a key forgotten in one stage's list would let DVC keep that
+    stage's stale results. Adding a variant key means adding it to both lists in dvc.yaml."""
+    from foldwise.core.params import VARIANT_KEYS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in ("crossval", "train"):
+        tracked = {key for key in stages[stage].get("params", []) if isinstance(key, str)}
+        missing = [key for key in VARIANT_KEYS if key not in tracked]
+        assert missing == [], f"dvc.yaml stage {stage} does not track {missing}"
+
+
 def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     params = load_params(write(tmp_path, "lr: 1e-4\nweight_decay: 5E-4\n"))
     assert params.lr == pytest.approx(1e-4)
