@@ -147,3 +147,26 @@ def test_lenet_conv_channels():
     assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 6), (6, 16)]
     linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     assert linear.in_features == 16 * 5 * 5  # 28 -> conv pad 2 -> pool 14 -> conv 10 -> pool 5
+
+
+def test_one_register_line_makes_a_model_buildable_by_name_and_a_second_one_is_refused(monkeypatch):
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    from foldwise.core.params import Params
+    from foldwise.training import models
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # leave the real registry as it was
+
+    @models.register
+    def build_tiny(shape, num_classes, p):
+        return nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1] * shape[2], num_classes))
+
+    p = dataclasses.replace(Params(), model="tiny")
+    assert build_model((1, 4, 4), 3, p)(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+    with pytest.raises(ValueError, match="pretrained: true needs a torchvision model"):
+        build_model((1, 4, 4), 3, dataclasses.replace(p, pretrained=True))
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register(build_tiny)

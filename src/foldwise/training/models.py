@@ -1,7 +1,8 @@
 """MODELS registry: name -> constructor adapting to channels, image size and classes.
 
-Constructors return raw logits (CrossEntropyLoss applies log-softmax itself;
-a softmax or ReLU on the output would be a bug). Besides the entries of
+A model is added with one entry: ``@register`` on its constructor (as timm's ``register_model``),
+or one ``register`` call for a torchvision architecture. Constructors return raw logits
+(CrossEntropyLoss applies log-softmax itself; a softmax or ReLU on the output would be a bug). Besides the entries of
 ``MODELS``, any torchvision classification model name works (``vgg16``,
 ``mobilenet_v3_small``, ...): torchvision architectures get their first
 convolution rebuilt for the dataset's channels, a new final layer for its
@@ -15,6 +16,7 @@ import functools
 import math
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,19 +30,47 @@ if TYPE_CHECKING:
     from foldwise.core.params import Params
 
 Shape = tuple[int, int, int]  # channels, height, width
+Builder = Callable[[Shape, int, "Params"], nn.Module]
 DOWNLOAD_TIMEOUT = 20  # seconds without an answer before a weights download gives up
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its constructor, and whether ImageNet weights exist for it (``pretrained``)."""
+
+    build: Builder
+    pretrained: bool = False
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register(build: Builder | None = None, *, name: str = "", pretrained: bool = False):  # noqa: ANN201
+    """Add a constructor to ``MODELS`` under ``name`` (default: its own name without ``build_``); use
+    as ``@register`` or ``@register(pretrained=True)``. Returns the constructor unchanged."""
+    def add(fn: Builder) -> Builder:
+        key = name or getattr(fn, "__name__", "").removeprefix("build_")
+        if not key or key in MODELS:
+            raise ValueError(f"model name {key!r} is empty or registered twice")
+        MODELS[key] = ModelEntry(fn, pretrained)
+        return fn
+    return add(build) if build is not None else add
 
 
 def _scaled(width: int, p: Params) -> int:
     return max(1, round(width * p.width))
 
 
+@register
 def build_softmax(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     """Softmax regression: Flatten + Linear (the loss supplies the softmax)."""
+    if p.width != 1:
+        raise ValueError(f"width: {p.width} cannot apply to softmax, which has no hidden layers")
     c, h, w = shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
 
 
+@register
 def build_mlp(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     """Fully connected ReLU network: ``hidden_sizes`` x ``width``, optional BatchNorm and dropout."""
     c, h, w = shape
@@ -55,6 +85,7 @@ def build_mlp(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+@register
 def build_lenet(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     """LeNet-5 layout: two 5x5 convolutions (``conv_channels``; the classic is 6, 16),
     each followed by 2x2 max-pooling, then 120-84 dense layers; all widths x ``width``;
@@ -195,18 +226,9 @@ def build_torchvision(name: str, shape: Shape, num_classes: int, p: Params) -> n
     return model
 
 
-MODELS: dict[str, Callable[[Shape, int, Params], nn.Module]] = {
-    "softmax": build_softmax,
-    "mlp": build_mlp,
-    "lenet": build_lenet,
-    # torchvision architectures named by the notes; any other torchvision name works too
-    "resnet18": functools.partial(build_torchvision, "resnet18"),
-    "alexnet": functools.partial(build_torchvision, "alexnet"),
-    "vgg11": functools.partial(build_torchvision, "vgg11"),
-    "googlenet": functools.partial(build_torchvision, "googlenet"),
-    "densenet121": functools.partial(build_torchvision, "densenet121"),
-}
-OWN = ("softmax", "mlp", "lenet")  # built here: no pretrained weights exist for them
+# torchvision architectures named by the notes; any other torchvision name works too (``model_entry``)
+for _name in ("resnet18", "alexnet", "vgg11", "googlenet", "densenet121"):
+    register(functools.partial(build_torchvision, _name), name=_name, pretrained=True)
 
 
 def _init_weights(model: nn.Module, scheme: str) -> None:
@@ -223,26 +245,24 @@ def _init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def builder(name: str) -> Callable[[Shape, int, Params], nn.Module]:
-    """The constructor for ``name``; unknown names list the valid ones."""
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name`` (any torchvision classification model has one); unknown names list
+    the valid ones."""
     if name in MODELS:
         return MODELS[name]
     if name in torchvision_names():
-        return functools.partial(build_torchvision, name)
+        return ModelEntry(functools.partial(build_torchvision, name), pretrained=True)
     raise UnknownName(f"unknown model {name!r} (params.yaml key 'model'); valid: {', '.join(MODELS)}, "
                    f"or any torchvision classification model ({', '.join(torchvision_names()[:6])}, ...)")
 
 
 def build_model(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     """The ``p.model`` network for inputs of ``shape``; unknown names list the valid ones."""
-    build = builder(p.model)
-    if p.model in OWN:
-        if p.pretrained:
-            raise ValueError(f"pretrained: true needs a torchvision model (e.g. resnet18); {p.model} "
-                             f"has no ImageNet weights")
-        if p.model == "softmax" and p.width != 1:
-            raise ValueError(f"width: {p.width} cannot apply to softmax, which has no hidden layers")
-    model = build(shape, num_classes, p)
+    entry = model_entry(p.model)
+    if p.pretrained and not entry.pretrained:
+        raise ValueError(f"pretrained: true needs a torchvision model (e.g. resnet18); {p.model} "
+                         f"has no ImageNet weights")
+    model = entry.build(shape, num_classes, p)
     if p.pretrained:
         # only the new final layer starts from scratch
         head = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
