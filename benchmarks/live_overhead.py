@@ -97,9 +97,9 @@ def main() -> None:
     from foldwise.core.params import load_params
     from foldwise.data.batches import open_split
     from foldwise.live.visdom_monitor import VisdomMonitor
+    from foldwise.training.callbacks import ConsoleMonitor, Monitors
     from foldwise.training.engine import fit, seed_everything
     from foldwise.training.models import build_model
-    from foldwise.training.monitor import ConsoleMonitor, Monitors
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml"), epochs=args.epochs)
     stats = json.loads((Path(args.prepared).parent / "stats.json").read_text())

@@ -1,9 +1,9 @@
 """Mutation testing of the modules that decide results, with mutmut, and its score per module.
 
-mutmut (configured in pyproject.toml, ``[tool.mutmut]``) changes one thing at a time in engine,
-crossval, cvstats, prepare, stats, augment, checkpoints and metrics (an operator, a constant, an
-argument) and runs the unit tests that reach that function: a mutant no test notices is a behaviour
-nothing pins. Not in CI: it takes 25 to 50 minutes on 2 cores (the run time is in its report).
+mutmut (configured in pyproject.toml, ``[tool.mutmut]``, which lists the modules: every one that
+decides results) changes one thing at a time (an operator, a constant, an argument) and runs the
+unit tests that reach that function: a mutant no test notices is a behaviour nothing pins. Not in
+CI (``make audit``): it takes an hour or more on 2 cores (the run time is in its report).
 
     make mutation                                    # install mutmut, run it afresh, write benchmarks/mutation.md
     .venv/bin/python -m benchmarks.mutation --resume # continue an interrupted run
@@ -60,7 +60,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("data/prepare.py", r"channels or 4, size"): "decode converts every channel count but 1 to RGB (images.convert)",
     ("training/engine.py", r'os\.environ\.get\(DEVICE_ENV, "AUTO"\)'): "the value is lower-cased before it is compared",
     (r"training/engine\.py|data/(normalize|batches)\.py", r'\.to\(None\b|\.to\((non_blocking|copy)=|stats_tensors\(stats, None\)|"rng"\], None\)|'
-                  r"(loss_sum|correct) = torch\.zeros\(\(\), (device=None|dtype=torch\.int64\)|\))"):
+                  r"(data_loss_sum|correct) = torch\.zeros\(\(\), (device=None|dtype=torch\.int64\)|\))"):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
     ("data/normalize.py", r'non_blocking=images\.device\.type (!= "cpu"|== "(XXcpuXX|CPU)")|images\.to\(mean\.device, \)'):
         "non_blocking only changes whether a pinned host-to-GPU copy makes the host wait, never a value",

@@ -70,7 +70,7 @@ def cv_inputs(prepared: Path, quick: bool):
 
 def identical(a, b) -> bool:
     return (a.history.drop(columns="seconds").equals(b.history.drop(columns="seconds"))
-            and a.folds.equals(b.folds) and a.summary == b.summary)
+            and a.runs.equals(b.runs) and a.summary == b.summary)
 
 
 def measure(prepared: Path, quick: bool) -> dict:

@@ -36,9 +36,9 @@ from foldwise.data.batches import Preloaded
 from foldwise.data.download import download
 from foldwise.data.normalize import compute_stats, to_inputs
 from foldwise.data.sources import get_source
+from foldwise.training.callbacks import NullMonitor
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
-from foldwise.training.monitor import NullMonitor
 
 # name: (params overrides, batch size); the MLP is 784-512-256-128-64-10 (params.yaml's hidden_sizes)
 CONFIGS: dict[str, tuple[dict[str, Any], int]] = {

@@ -52,7 +52,7 @@ def main() -> None:
             monitor.close()
     Path(args.live).mkdir(parents=True, exist_ok=True)  # a declared output, even if dvclive could not write
     write_csv(args.history, result.history.drop(columns="seconds").round(6))
-    write_csv(args.folds, result.folds.round(6))
+    write_csv(args.folds, result.runs.round(6))
     write_json(args.summary, result.summary)
     write_json(args.metrics, headline(result.summary))
     write_text(args.table, cv_table(result.summary))

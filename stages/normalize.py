@@ -4,7 +4,7 @@ import argparse
 
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_json
-from foldwise.data.batches import normalisation_stats
+from foldwise.data.batches import normalization_stats
 
 
 def main() -> None:
@@ -12,7 +12,7 @@ def main() -> None:
     parser.add_argument("--prepared", required=True, help="folder written by the prepare stage")
     parser.add_argument("--out", required=True, help="JSON file for the statistics (data/stats.json)")
     args = parse_stage_args(parser, outputs=("out",))
-    stats = normalisation_stats(args.prepared)
+    stats = normalization_stats(args.prepared)
     write_json(args.out, stats)
     print(stats)
 

@@ -13,11 +13,11 @@ from foldwise.core.params import load_params
 from foldwise.data.batches import open_split
 from foldwise.data.layout import read_classes
 from foldwise.live.monitors import monitor_from_env
+from foldwise.training.callbacks import NullMonitor
 from foldwise.training.ddp import join, launched, leave, relaunch
 from foldwise.training.engine import choose_device
 from foldwise.training.final import resolve_variant, train_final
 from foldwise.training.model_files import model_record, save_checkpoint
-from foldwise.training.monitor import NullMonitor
 from foldwise.training.resume import for_stage
 
 

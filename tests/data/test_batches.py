@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from foldwise.data.batches import Preloaded, Streamed, default_workers, normalisation_stats, open_split
+from foldwise.data.batches import Preloaded, Streamed, default_workers, normalization_stats, open_split
 from foldwise.data.layout import split_files
 from foldwise.data.prepare import prepare
 from foldwise.training.engine import fit, seed_everything
@@ -86,7 +86,7 @@ def test_normalisation_statistics_come_from_the_train_split_only(tmp_path):
     train, test = make_images(60, seed=3), make_images(30, seed=4)
     test = (255 - test[0] // 4, test[1])  # bright
     manifest = prepare({"train": train, "test": test}, tuple(CLASSES), tmp_path, 15, 0, seed=0)
-    stats = normalisation_stats(tmp_path)
+    stats = normalization_stats(tmp_path)
     sources = {"train": train[0], "test": test[0]}
 
     def direct(splits):

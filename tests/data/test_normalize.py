@@ -89,7 +89,7 @@ def test_stats_of_a_split_streamed_from_pngs_alone_count_every_image_of_a_partia
     The statistics must equal a direct computation over every image, read here with PIL alone."""
     from PIL import Image
 
-    from foldwise.data.batches import normalisation_stats, uint8_chunks
+    from foldwise.data.batches import normalization_stats, uint8_chunks
     from foldwise.data.layout import split_files
     from foldwise.data.prepare import prepare
     from tests.conftest import CLASSES, make_images
@@ -103,7 +103,7 @@ def test_stats_of_a_split_streamed_from_pngs_alone_count_every_image_of_a_partia
     assert [len(c) for c in chunks] == [7] * 6 + [3]  # the last chunk is partial
     direct = np.stack([np.asarray(Image.open(path)).reshape(12, 12, channels) for path in files.paths])
     direct = direct.astype(np.float64) / 255
-    for stats in (compute_stats(iter(chunks)), normalisation_stats(tmp_path)):
+    for stats in (compute_stats(iter(chunks)), normalization_stats(tmp_path)):
         np.testing.assert_allclose(stats["mean"], direct.mean(axis=(0, 1, 2)), rtol=1e-12)
         np.testing.assert_allclose(stats["std"], direct.std(axis=(0, 1, 2)), rtol=1e-9)
         assert stats["pixels_per_channel"] == 45 * 144

@@ -18,9 +18,9 @@ import pytest
 from foldwise.live.monitors import env_name, monitor_from_env, parse_every, server_url
 from foldwise.live.visdom_monitor import VisdomMonitor, run_label
 from foldwise.reporting.figures import examples_grid
+from foldwise.training.callbacks import ConsoleMonitor, Monitor, Monitors
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
-from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
 from tests.conftest import train_valid
 
 

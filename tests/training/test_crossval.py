@@ -9,10 +9,10 @@ import torch
 from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
 from foldwise.reporting.cvstats import paired_test, summarize
+from foldwise.training.callbacks import Monitor
 from foldwise.training.crossval import make_folds, run_crossval
 from foldwise.training.engine import seed_everything
 from foldwise.training.models import build_model
-from foldwise.training.monitor import Monitor
 from foldwise.training.resume import Checkpoints
 from tests.conftest import Interrupted, Killed, RecordingSource
 
@@ -47,22 +47,22 @@ def test_run_crossval_covers_every_variant_and_fold_on_the_same_folds(tiny_set, 
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     result = run_crossval(Preloaded(x, tiny_set.labels), 3, tiny_params)
     p = tiny_params
-    assert list(result.folds.columns) == [
+    assert list(result.runs.columns) == [
         "variant", "fold", "final_valid_acc", "final_valid_loss", "best_valid_acc", "best_valid_loss",
         "best_epoch", "epochs", "stopped_early"]  # no wall-clock seconds: folds.csv is committed
-    assert [(r.variant, r.fold) for r in result.folds.itertuples()] == [
+    assert [(r.variant, r.fold) for r in result.runs.itertuples()] == [
         (v, f) for v in p.variants for f in range(p.k_folds)]
     assert len(result.history) == len(p.variants) * p.k_folds * p.epochs
     # each fold row holds the values of its run's history (last epoch: no early stopping here)
-    for row in result.folds.itertuples():
+    for row in result.runs.itertuples():
         runs = result.history[(result.history.variant == row.variant) & (result.history.fold == row.fold)]
         assert list(runs.epoch) == [1, 2] and row.epochs == 2
         assert row.final_valid_acc == runs.valid_acc.iloc[-1] and row.final_valid_loss == runs.valid_loss.iloc[-1]
         assert row.best_valid_acc == runs.valid_acc.max() and row.best_valid_loss == runs.valid_loss.min()
         assert row.best_epoch == runs.epoch[runs.valid_acc == runs.valid_acc.max()].iloc[0]
-    assert result.summary == {"k_folds": 2, **summarize(result.folds)}
+    assert result.summary == {"k_folds": 2, **summarize(result.runs)}
     for name, stats in result.summary["variants"].items():
-        scores = result.folds[result.folds.variant == name].final_valid_acc
+        scores = result.runs[result.runs.variant == name].final_valid_acc
         assert stats["valid_acc_mean"] == pytest.approx(scores.mean(), abs=1e-6)
 
 
@@ -100,7 +100,7 @@ def test_every_variant_on_a_fold_starts_from_the_same_weights_and_batches_and_va
     p = dataclasses.replace(tiny_params, k_folds=3)
     result = run_crossval(source, 3, p)
     folds = make_folds(tiny_set.labels.numpy(), 3, p.seed)
-    runs = list(zip(result.folds.itertuples(), initial, zip(source.subsets[::2], source.subsets[1::2]),
+    runs = list(zip(result.runs.itertuples(), initial, zip(source.subsets[::2], source.subsets[1::2]),
                     strict=True))
     assert len(runs) == 9
     first = {}  # fold -> (weights, batch orders) of the first variant
@@ -129,14 +129,14 @@ def test_only_compared_variants_run_and_combinations_merge(tiny_set, tiny_stats,
     x = to_inputs(tiny_set.images, tiny_stats, torch.device("cpu"))
     p = dataclasses.replace(tiny_params, epochs=1, compare=("baseline", "l2+dropout"))
     result = run_crossval(Preloaded(x, tiny_set.labels), 3, p)
-    assert list(dict.fromkeys(result.folds["variant"])) == ["baseline", "l2+dropout"]
+    assert list(dict.fromkeys(result.runs["variant"])) == ["baseline", "l2+dropout"]
     spelled = dataclasses.replace(p, variants={**p.variants, "both": {"weight_decay": 0.01, "dropout": 0.3}},
                                   compare=("baseline", "both"))
     both = run_crossval(Preloaded(x, tiny_set.labels), 3, spelled)
     merged = result.history.drop(columns=["seconds", "variant"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(merged, both.history.drop(columns=["seconds", "variant"]).reset_index(drop=True))
     assert result.summary["variants"]["l2+dropout"] == both.summary["variants"]["both"]
-    diffs = result.folds.final_valid_acc[2:].to_numpy() - result.folds.final_valid_acc[:2].to_numpy()
+    diffs = result.runs.final_valid_acc[2:].to_numpy() - result.runs.final_valid_acc[:2].to_numpy()
     assert result.summary["variants"]["l2+dropout"]["p_value"] == pytest.approx(paired_test(diffs, 2)[0], abs=1e-6)
 
 
@@ -168,8 +168,8 @@ def test_interrupted_crossval_resumes_to_the_same_result(tmp_path, tiny_set, tin
     # finished runs are replayed, not repeated; the interrupted one continues at its third epoch
     assert seen.kinds == ["resume", "fold", "resume", "fold", "resume", "epoch", "fold",
                           *(["epoch"] * 3 + ["fold"]) * 3]
-    assert seen.folds == whole.folds.to_dict("records")
-    pd.testing.assert_frame_equal(resumed.folds, whole.folds)
+    assert seen.folds == whole.runs.to_dict("records")
+    pd.testing.assert_frame_equal(resumed.runs, whole.runs)
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds"))
     assert resumed.summary == whole.summary
     assert list(resumed.weights) == list(whole.weights) and len(whole.weights) == 6  # replayed runs keep theirs
@@ -198,7 +198,7 @@ def test_crossval_keeps_the_chosen_variants_fold_models_bit_identical_run_to_run
     for (variant, fold), weights in result.weights.items():  # each is its fold's model, as it ended
         model = build_model((1, 12, 12), 3, tiny_params.for_variant(variant))
         model.load_state_dict(weights)
-        row = result.folds[(result.folds.variant == variant) & (result.folds.fold == fold)].iloc[0]
+        row = result.runs[(result.runs.variant == variant) & (result.runs.fold == fold)].iloc[0]
         assert evaluate(model, data.subset(folds[fold][1])).accuracy == pytest.approx(row.final_valid_acc)
     again = run_crossval(data, 3, tiny_params)
     for name, r in (("a", result), ("b", again)):
@@ -273,7 +273,7 @@ def test_the_kept_fold_models_are_the_chosen_variants_when_that_is_not_the_basel
     assert result.summary["chosen"] == "fast"
     assert list(result.weights) == [("fast", 0), ("fast", 1)]
     folds = make_folds(tiny_set.labels.numpy(), 2, p.seed)
-    rows = result.folds.set_index(["variant", "fold"])
+    rows = result.runs.set_index(["variant", "fold"])
     for (variant, fold), weights in result.weights.items():
         model = build_model((1, 12, 12), 3, p.for_variant(variant))
         model.load_state_dict(weights)

@@ -12,9 +12,9 @@ from torch import nn
 
 from foldwise.data.batches import Preloaded
 from foldwise.training.augment import Augmenter
+from foldwise.training.callbacks import Monitor
 from foldwise.training.engine import FitResult, choose_device, evaluate, fit, predict, seed_everything, train_one_epoch
 from foldwise.training.models import build_model
-from foldwise.training.monitor import Monitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
 from tests.conftest import RecordingSource, train_valid
 

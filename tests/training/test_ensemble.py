@@ -99,7 +99,7 @@ def test_auto_keeps_the_single_model_when_the_ensemble_is_more_accurate_but_not_
     exact p is 0.25, so ``auto`` keeps the single model and says why with the numbers."""
     import numpy as np
 
-    from foldwise.reporting.calibration import compare_paired
+    from foldwise.reporting.significance import compare_paired
     from foldwise.training.ensemble import _choose
 
     labels = np.zeros(100, dtype=np.int64)

@@ -15,9 +15,9 @@ import torch
 from foldwise.core.errors import UserError
 from foldwise.data.batches import Preloaded, SplitArrays
 from foldwise.data.normalize import to_inputs
+from foldwise.training.callbacks import Monitor
 from foldwise.training.crossval import run_crossval
 from foldwise.training.fanout import RayFanout, RaySettings, ray_from_env
-from foldwise.training.monitor import Monitor
 from foldwise.training.resume import Checkpoints
 from tests.conftest import Interrupted, Killed
 
@@ -53,7 +53,7 @@ def assert_same(a, b) -> None:
     """Equal tables, summary and kept fold models, bit for bit, wall-clock seconds aside."""
     pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"),
                                   check_exact=True)
-    pd.testing.assert_frame_equal(a.folds, b.folds, check_exact=True)
+    pd.testing.assert_frame_equal(a.runs, b.runs, check_exact=True)
     assert a.summary == b.summary
     assert list(a.weights) == list(b.weights) and a.weights and a.kept_note == b.kept_note
     assert all(torch.equal(a.weights[k][n], w[n]) for k, w in b.weights.items() for n in w)

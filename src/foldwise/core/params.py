@@ -38,46 +38,47 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class Params:
-    """All hyperparameters of one run. Units are in the field comments."""
+    """All hyperparameters of one run: each key's type, default and valid range or unit. What a key means
+    is written once, in params.yaml's comments (tests/core/test_params.py keeps the defaults equal)."""
 
     # data
     dataset: str = "fashion-mnist"
-    valid_size: float = 0.16667  # float in (0, 1) = fraction of train (to the nearest image), int = images
-    test_size: float = 0.2  # sources without a test split: int = images, float = fraction
-    max_images_per_split: int = 0  # 0 = all; >0 = stratified subset per split
+    valid_size: float = 0.16667  # float in (0, 1): a fraction; int >= 1: images
+    test_size: float = 0.2  # float in (0, 1): a fraction; int >= 1: images
+    max_images_per_split: int = 0  # >= 0 images (0: all)
     seed: int = 42
-    data_path: str = "data/own"  # your images (folder, zip/tar, CSV) for datasets folder / dogs-vs-cats
-    label_pattern: str = ""  # flat folders: regex whose group captures the class from a file name
-    image_size: int | tuple[int, int] = 0  # 0 = keep; N = shorter side N + centre crop; [h, w] = exactly
-    channels: int = 0  # 0 = the dataset's own; 1 = grey; 3 = RGB
-    memory_budget_mb: int = 4096  # above this, training streams images from disk instead of preloading
+    data_path: str = "data/own"  # a path
+    label_pattern: str = ""  # a regex with one group, or ""
+    image_size: int | tuple[int, int] = 0  # pixels: 0, N >= 1, or [h, w]
+    channels: int = 0  # 0, 1 or 3
+    memory_budget_mb: int = 4096  # MiB
     # model
-    model: str = "lenet"  # models.MODELS, or any torchvision classification model name
-    pretrained: bool = False  # start from ImageNet weights (torchvision models), new final layer
-    pretrained_path: str = ""  # a local weights file; "" = torchvision's cache ($TORCH_HOME)
-    width: float = 1.0  # multiplies the hidden widths of mlp and lenet ("small" variant: < 1)
-    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # mlp hidden layer widths
-    conv_channels: tuple[int, ...] = (8, 32)  # lenet: channels of its two 5x5 convolutions (classic: 6, 16)
+    model: str = "lenet"  # a name in models.MODELS or a torchvision classification model
+    pretrained: bool = False
+    pretrained_path: str = ""  # a path, or ""
+    width: float = 1.0  # a factor in (0, 8]
+    hidden_sizes: tuple[int, ...] = (512, 256, 128, 64)  # units per hidden layer
+    conv_channels: tuple[int, ...] = (8, 32)  # two channel counts
     batchnorm: bool = True
-    dropout: float = 0.0  # probability in [0, 1)
+    dropout: float = 0.0  # a probability in [0, 1)
     init: str = "kaiming"
     # augmentation of training batches only
     augment: bool = False
-    augment_padding: int = 2  # pixels of reflection padding before the random crop back to size
-    augment_flip: bool | str = "auto"  # random horizontal flip; auto = where the dataset allows it
+    augment_padding: int = 2  # pixels, >= 0
+    augment_flip: bool | str = "auto"  # true, false or auto
     # optimisation
     optimizer: str = "adam"
-    lr: float = 0.008  # peak learning rate per batch
+    lr: float = 0.008  # > 0
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    l1: float = 0.0  # lambda of sum(|w|) added to the loss
+    l1: float = 0.0  # >= 0
     scheduler: str = "onecycle"
-    step_size: int = 30  # epochs between StepLR decays
-    gamma: float = 0.1  # StepLR / plateau decay factor
-    plateau_patience: int = 2  # epochs without valid-loss improvement
-    warmup_epochs: int = 0  # linear warm-up from lr/100 over this many epochs (per batch)
-    patience: int = 0  # early stopping: epochs without a lower valid loss; 0 = off
+    step_size: int = 30  # epochs, >= 1
+    gamma: float = 0.1  # a factor in (0, 1]
+    plateau_patience: int = 2  # epochs, >= 0
+    warmup_epochs: int = 0  # epochs, >= 0
+    patience: int = 0  # epochs, >= 0 (0: off)
     batch_size: int = 256
     epochs: int = 5
     # cross-validation and final model
@@ -85,13 +86,13 @@ class Params:
     variants: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: {"baseline": {}}
     )
-    compare: tuple[str, ...] = ()  # variants crossval runs, in order; () = all; "a+b" combines
+    compare: tuple[str, ...] = ()  # variant names or "a+b"; (): all
     variant: str = "auto"
-    train_processes: int = 1  # the final training's DDP processes (torchrun); results depend on it
+    train_processes: int = 1  # processes, >= 1
     # the fold ensemble, test-time augmentation, calibration
-    fold_models: str = "chosen"  # crossval keeps the K fold models of: chosen (its best) | all | none
-    ensemble: bool | str = "auto"  # the model evaluate reports: auto = the ensemble only if significantly better
-    tta: bool = False  # test-time augmentation: average over each test image and its mirror image
+    fold_models: str = "chosen"  # chosen, all or none
+    ensemble: bool | str = "auto"  # true, false or auto
+    tta: bool = False
     def overrides(self, name: str) -> dict[str, Any]:
         """The overrides of variant ``name``; ``a+b`` merges a's and b's (they must not disagree)."""
         if name in self.variants:

@@ -5,7 +5,7 @@ device: the fastest path (about 10x ImageFolder + DataLoader on 2 cores).
 When that tensor would exceed ``memory_budget_mb``, batches are read from
 the PNG files instead, by a DataLoader with worker processes. Both paths
 take the batch order from the caller (a permutation drawn from a CPU
-generator) and normalise with the same arithmetic, so for the same seed they
+generator) and normalize with the same arithmetic, so for the same seed they
 yield the same batches, bit for bit.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from foldwise.data.layout import PngFiles, decode_all, split_files
-from foldwise.data.normalize import compute_stats, normalise, stats_tensors, to_inputs
+from foldwise.data.normalize import compute_stats, normalize, stats_tensors, to_inputs
 
 WORKERS_ENV = "FOLDWISE_WORKERS"  # DataLoader worker processes; a machine setting, not a param
 BYTES_PER_VALUE = 4  # preloaded images are float32
@@ -114,7 +114,7 @@ class Streamed:
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(0))
         for images, labels in loader:  # pinned on CUDA, so neither copy waits for the GPU
-            yield normalise(images, *self._mean_std), labels.to(self.device, non_blocking=True)
+            yield normalize(images, *self._mean_std), labels.to(self.device, non_blocking=True)
 
 
 def open_split(prepared_dir: str | Path, split: str, stats: dict[str, Any], device: torch.device,
@@ -130,7 +130,7 @@ def open_split(prepared_dir: str | Path, split: str, stats: dict[str, Any], devi
 
 
 class SplitArrays:
-    """A split as decoded uint8 images and labels in NumPy arrays, with the stats to normalise them:
+    """A split as decoded uint8 images and labels in NumPy arrays, with the stats to normalize them:
     what a fan-out ships to its workers once (4x smaller than the float32 images, and NumPy arrays
     are read from Ray's object store without a copy). ``to_source`` gives, on any device, the very
     tensor ``open_split`` preloads."""
@@ -178,7 +178,7 @@ def uint8_chunks(files: PngFiles, pixels: int = 8 << 20, workers: int | None = N
         yield images
 
 
-def normalisation_stats(prepared_dir: str | Path) -> dict[str, Any]:
+def normalization_stats(prepared_dir: str | Path) -> dict[str, Any]:
     """Per-channel mean and std of the train split only (normalize stage), streamed from its files.
 
     Valid and test images must not inform anything the model is trained with, or their scores stop

@@ -48,7 +48,7 @@ def stats_tensors(stats: dict[str, Any], device: torch.device) -> tuple[torch.Te
     return mean, std
 
 
-def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` on the device of ``mean``.
 
     A host-to-device copy does not wait for the GPU when ``images`` are pinned (streamed batches on
@@ -61,5 +61,5 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 def to_inputs(images: torch.Tensor, stats: dict[str, Any], device: torch.device) -> torch.Tensor:
     """uint8 N x C x H x W -> float32 normalised with the train split's mean/std, on ``device``."""
-    return normalise(images, *stats_tensors(stats, device))
+    return normalize(images, *stats_tensors(stats, device))
 

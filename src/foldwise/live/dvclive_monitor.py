@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from foldwise.training.monitor import Monitor
+from foldwise.training.callbacks import Monitor
 
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")  # history columns logged per epoch
 

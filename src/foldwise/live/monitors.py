@@ -18,7 +18,7 @@ import pandas as pd
 from foldwise.live.settings import ENABLE_ENV, ENV_NAME_ENV, EVERY_ENV, LOG_DIR, server_url
 from foldwise.live.visdom_monitor import VisdomMonitor
 from foldwise.reporting.plot_data import confusion, pick_examples
-from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
+from foldwise.training.callbacks import ConsoleMonitor, Monitor, Monitors
 
 
 def _proc_stat(pid: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import torch
 from foldwise.live.settings import PASSWORD_ENV, USER_ENV
 from foldwise.reporting.figures import examples_grid
 from foldwise.reporting.plot_data import confusion
-from foldwise.training.monitor import Monitor
+from foldwise.training.callbacks import Monitor
 
 TIMEOUT_S = (1.0, 2.0)  # HTTP connect and read timeouts, seconds
 RETRY_S = 30.0  # after a failure, seconds before trying the server again

@@ -2,7 +2,8 @@
 
 - ``cvstats``: per-variant CV statistics, paired tests, the variant choice;
 - ``metrics``: test metrics, evaluate's headline metrics and provenance;
-- ``calibration``: ECE and reliability bins, temperature scaling, McNemar's exact test;
+- ``calibration``: ECE and reliability bins, temperature scaling;
+- ``significance``: the one significance level, McNemar's exact test of two classifiers;
 - ``plot_data``: the CSV files ``dvc plots`` draws;
 - ``figures``: the PNG figures under reports/figures;
 - ``report``: reports/report.md;

@@ -1,12 +1,10 @@
-"""Calibration and paired comparison of classifiers' probabilities.
+"""Calibration of classifiers' probabilities.
 
 - expected calibration error (ECE) over equal-width confidence bins, and the
   reliability table behind the diagram;
 - temperature scaling (Guo et al. 2017): one scalar T > 0 dividing the
   log-probabilities, fitted by LBFGS on the negative log-likelihood of a
-  held-out split; it never changes a prediction, only how sure it is;
-- McNemar's exact test of two classifiers on the same images: a two-sided
-  binomial test on the images exactly one of them gets right.
+  held-out split; it never changes a prediction, only how sure it is.
 
 Inputs are per-image probabilities (rows sum to 1) or log-probabilities as
 tensors, and integer labels.
@@ -14,16 +12,11 @@ tensors, and integer labels.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al.'s choice)
-ALPHA = 0.05  # McNemar: the ensemble replaces the single model only below this p-value
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> pd.DataFrame:
@@ -82,22 +75,3 @@ def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
 def scale(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probabilities after temperature scaling (normalised again)."""
     return F.log_softmax(log_probs.double() / temperature, dim=1)
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value of ``b`` images only the first classifier gets right and
-    ``c`` only the second does: 2 x P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), at most 1.
-    Exact integer sums, so any test-set size is fine."""
-    n, k = b + c, min(b, c)
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
-def compare_paired(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> dict[str, Any]:
-    """McNemar's exact test of two classifiers' predictions on the same images: ``only_first`` and
-    ``only_second`` right, and the p-value (two-sided)."""
-    right_a, right_b = first == labels, second == labels
-    b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
-    return {"only_first": b, "only_second": c, "p_value": float(f"{mcnemar_p(b, c):.6g}")}

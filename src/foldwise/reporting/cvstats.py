@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from foldwise.reporting.significance import ALPHA
+
 # The fold score: valid accuracy of the weights a run ends with (the last
 # epoch's, or the best epoch's when early stopping restores them). The best
 # accuracy over epochs is reported too, but it is chosen on the same fold it
 # is measured on, so it is optimistic and not used for the choice.
 SCORE = "final_valid_acc"
 REFERENCE = "baseline"  # the variant the others are compared with, when it is compared
-ALPHA = 0.05  # significance level the reason mentions
 HEADLINE = ("valid_acc_mean", "valid_acc_std", "p_value")  # per variant, in cv.json (what `dvc exp show` shows)
 
 

@@ -3,7 +3,7 @@
 - ``models``: the MODELS registry;
 - ``optim``: optimisers, learning-rate schedules, the L1 penalty;
 - ``augment``: per-image random crop and flip of training batches;
-- ``monitor``: the callbacks training calls (guarded: a monitor never breaks training);
+- ``callbacks``: the callbacks training calls (guarded: a monitor never breaks training);
 - ``ddp``: the final training in N processes under torchrun (DDP): slices, sums, process 0 writes;
 - ``engine``: device choice, one epoch, evaluation, ``fit`` with early stopping and resume;
 - ``resume``: resumable training state outside every DVC output, keyed by params, inputs and code;

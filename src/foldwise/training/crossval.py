@@ -25,9 +25,9 @@ from foldwise.core.params import Params
 from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import summarize
 from foldwise.training.augment import check_augment
+from foldwise.training.callbacks import Monitor
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model, check_model
-from foldwise.training.monitor import Monitor
 from foldwise.training.resume import Checkpoints
 
 
@@ -47,10 +47,10 @@ def make_folds(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
 
 @dataclass
 class CVResult:
-    """Per-epoch history of every run, one row per (variant, fold), and the summary."""
+    """Per-epoch history of every run, one row per (variant, fold) run, and the summary."""
 
     history: pd.DataFrame
-    folds: pd.DataFrame
+    runs: pd.DataFrame  # one row per (variant, fold) run: folds.csv
     summary: dict[str, Any]
     weights: dict[tuple[str, int], dict[str, torch.Tensor]]  # (variant, fold) -> the fold model kept
     kept_note: str = ""  # which fold models are kept, and why
@@ -193,11 +193,11 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
         report()
     rows = [results[spec.index][0] for spec in runs]
     history = [epoch for spec in runs for epoch in results[spec.index][1]]
-    folds_df = pd.DataFrame(rows)
-    summary = {"k_folds": p.k_folds, **summarize(folds_df)}
+    runs_df = pd.DataFrame(rows)
+    summary = {"k_folds": p.k_folds, **summarize(runs_df)}
     weights = {(spec.variant, spec.fold): results[spec.index][2] for spec in runs}
     kept, note = keep_fold_models(p, summary["chosen"], weights)
-    return CVResult(pd.DataFrame(history), folds_df, summary, kept, note)
+    return CVResult(pd.DataFrame(history), runs_df, summary, kept, note)
 
 
 def keep_fold_models(p: Params, chosen: str, weights: dict[tuple[str, int], Weights | None]

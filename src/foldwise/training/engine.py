@@ -25,8 +25,8 @@ from torch import nn
 from foldwise.core.params import Params
 from foldwise.data.batches import BatchSource
 from foldwise.training.augment import Augmenter
+from foldwise.training.callbacks import Monitor, NullMonitor
 from foldwise.training.ddp import SINGLE, Group
-from foldwise.training.monitor import Monitor, NullMonitor
 from foldwise.training.optim import Schedule, l1_penalty, make_optimizer
 
 DEVICE_ENV = "FOLDWISE_DEVICE"
@@ -123,7 +123,7 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
     nhwc = _channels_last(model)
-    loss_sum = torch.zeros((), device=device)
+    data_loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for step, (x, y) in enumerate(data.batches(order, sizes), 1):
@@ -145,13 +145,13 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
             on_step(step, data_loss.detach(), optimizer.param_groups[0]["lr"])
         if schedule is not None:
             schedule.after_batch()
-        loss_sum += data_loss.detach() * len(y)
+        data_loss_sum += data_loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
     if group.world > 1:
-        loss_total, correct_total, seen_total = group.total(loss_sum, correct, seen)
+        loss_total, correct_total, seen_total = group.total(data_loss_sum, correct, seen)
         return loss_total / seen_total, correct_total / seen_total
-    return loss_sum.item() / seen, correct.item() / seen
+    return data_loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.inference_mode()
@@ -245,12 +245,16 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:  # prag
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _step_hook(monitor: Monitor, tags: dict[str, Any], done: int,
-               steps: int) -> Callable[[int, torch.Tensor, float], None] | None:
+def _step_hook(
+    monitor: Monitor,
+    tags: dict[str, Any],
+    done: int,
+    steps: int,
+) -> Callable[[int, torch.Tensor, float], None] | None:
     """``train_one_epoch``'s per-batch callback for ``monitor``, its x axis in epochs; None when unwanted."""
-    if not monitor.wants_steps:
-        return None
-    return lambda step, loss, lr: monitor.on_step(tags, done + step / steps, loss, lr)
+    if monitor.wants_steps:
+        return lambda step, loss, lr: monitor.on_step(tags, done + step / steps, loss, lr)
+    return None
 
 
 def _validate(model: nn.Module, valid: BatchSource, group: Group) -> tuple[float, float, torch.Tensor]:

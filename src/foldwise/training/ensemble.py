@@ -4,7 +4,7 @@ The K fold models of the final model's variant cost no extra training. Their
 ensemble (the mean of their softmax outputs) is measured beside the single
 final model on the same test images, and McNemar's exact test says whether
 the difference is more than luck. ``ensemble: auto`` keeps the single model
-unless the ensemble is significantly (p < ``calibration.ALPHA``) more accurate.
+unless the ensemble is significantly (p < ``significance.ALPHA``) more accurate.
 With ``tta``, every model also sees each image mirrored (where ``augment_flip``
 allows it) and the softmax outputs are averaged. The model used is then
 temperature-scaled on the valid split (never the test set), and its calibrated
@@ -23,16 +23,9 @@ from torch import nn
 
 from foldwise.core.errors import UserError
 from foldwise.data.batches import BatchSource
-from foldwise.reporting.calibration import (
-    ALPHA,
-    compare_paired,
-    expected_calibration_error,
-    fit_temperature,
-    nll,
-    reliability,
-    scale,
-)
+from foldwise.reporting.calibration import expected_calibration_error, fit_temperature, nll, reliability, scale
 from foldwise.reporting.metrics import classification_metrics
+from foldwise.reporting.significance import ALPHA, compare_paired
 from foldwise.training.engine import predict
 
 TINY = 1e-30  # floor of an averaged probability before its log (float32 softmax can underflow to 0)
@@ -85,10 +78,10 @@ class Assessment:
     notes: list[str]
 
 
-def _choose(choice: bool | str, folds: list[nn.Module], paired: dict[str, Any] | None,
+def _choose(choice: bool | str, fold_models: list[nn.Module], paired: dict[str, Any] | None,
             rows: dict[str, dict[str, Any]], fold_note: str) -> tuple[bool, str]:
     """Whether the ensemble is the model used, and why (one sentence)."""
-    if not folds:
+    if not fold_models:
         if choice is True:
             raise UserError(f"ensemble: true, but there are no fold models of the final model's variant "
                             f"({fold_note}); valid: set fold_models to chosen or all (crossval keeps them), "
@@ -106,7 +99,7 @@ def _choose(choice: bool | str, folds: list[nn.Module], paired: dict[str, Any] |
     return bool(choice), f"the {used}: ensemble: {str(choice).lower()} in params.yaml"
 
 
-def assess(single: nn.Module, folds: list[nn.Module], test: BatchSource, valid: BatchSource, classes: list[str],
+def assess(single: nn.Module, fold_models: list[nn.Module], test: BatchSource, valid: BatchSource, classes: list[str],
            choice: bool | str, tta: bool, flip_allowed: bool, fold_note: str = "") -> Assessment:
     """Measure the single final model and the fold ensemble on ``test``, choose (``choice``: the
     ``ensemble`` param), apply test-time flips (``tta`` and ``flip_allowed``), fit the temperature
@@ -118,12 +111,12 @@ def assess(single: nn.Module, folds: list[nn.Module], test: BatchSource, valid: 
     if tta and not flip_allowed:
         notes.append("tta: true, but mirrored images change class in this dataset (augment_flip): no test-time "
                      "flips")
-    predictors = {"single": [single], **({"ensemble": folds} if folds else {})}
+    predictors = {"single": [single], **({"ensemble": fold_models} if fold_models else {})}
     test_lp = {name: log_probabilities(members, test) for name, members in predictors.items()}
     rows = {name: score(lp, y, classes) for name, lp in test_lp.items()}
     paired = (compare_paired(y.numpy(), test_lp["single"].argmax(1).numpy(), test_lp["ensemble"].argmax(1).numpy())
-              if folds else None)
-    use_ensemble, why = _choose(choice, folds, paired, rows, fold_note)
+              if fold_models else None)
+    use_ensemble, why = _choose(choice, fold_models, paired, rows, fold_note)
     used = "ensemble" if use_ensemble else "single"
     members = predictors[used]
     if flip:

@@ -13,10 +13,10 @@ from foldwise.core.params import Params
 from foldwise.data.batches import BatchSource
 from foldwise.reporting.cvstats import explain_choice
 from foldwise.training.augment import check_augment
+from foldwise.training.callbacks import Monitor
 from foldwise.training.ddp import SINGLE, Group
 from foldwise.training.engine import RANK_SEED_STEP, FitResult, fit, seed_everything, to_training_layout
 from foldwise.training.models import build_model, check_model
-from foldwise.training.monitor import Monitor
 from foldwise.training.resume import Checkpoints
 
 

@@ -8,10 +8,10 @@ import torch
 
 from foldwise.data.batches import Preloaded
 from foldwise.data.normalize import to_inputs
+from foldwise.training.callbacks import ConsoleMonitor, Monitor, Monitors
 from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import fit, seed_everything
 from foldwise.training.models import build_model
-from foldwise.training.monitor import ConsoleMonitor, Monitor, Monitors
 from tests.conftest import train_valid
 
 
@@ -100,4 +100,4 @@ def test_crossval_reports_each_finished_fold(tiny_set, tiny_stats, tiny_params):
     result = run_crossval(Preloaded(x, tiny_set.labels), 3, p, recorder)
     assert [(r["variant"], r["fold"]) for r in recorder.folds] == \
         [(v, f) for v in ("baseline", "l2") for f in range(p.k_folds)]
-    assert recorder.folds == result.folds.to_dict("records")
+    assert recorder.folds == result.runs.to_dict("records")
