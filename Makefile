@@ -34,11 +34,11 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 	dvc repro
 	@echo "== Stages that \"didn't change\" or were \"cached\" were reused, not recomputed. Run them all again: dvc repro -f =="
 
-# the 20 slowest tests are printed last, so a test that grows slow is seen
-# Two pytest-xdist workers: most e2e time is single-threaded (Python start-up, DVC), so two tests
-# side by side use both cores; tests/conftest.py keeps each module on one worker, in order.
+# the 20 slowest tests are printed last, so a test that grows slow is seen.
+# Two pytest-xdist workers, a module's tests in order on one of them: most e2e time is single-threaded
+# (Python start-up, DVC), so two modules side by side use both cores (tests/conftest.py)
 test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser lint
-	$(BIN)/pytest -n 2 --dist loadgroup --durations=20
+	$(BIN)/pytest -n 2 --dist loadfile --durations=20
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
 quick: $(STAMP) $(PLOTS_TEMPLATE) lint

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import gzip
 import http.server
+import os
 import struct
 import threading
 from pathlib import Path
@@ -68,24 +69,30 @@ def read_split(prepared_dir: Path, split: str) -> ImageSet:
 
 
 E2E = Path(__file__).resolve().parent / "e2e"
-# Modules that start Ray: under pytest-xdist they share one worker, so no two Ray instances start at once.
-RAY_MODULES = {"tests/training/test_fanout.py", "tests/training/test_fanout_cluster.py", "tests/e2e/test_scale_out.py",
-               "tests/e2e/test_benchmarks.py"}
+# Modules that start Ray: under pytest-xdist their workers take turns (``one_ray_at_a_time``).
+RAY_MODULES = {"tests/training/test_fanout.py", "tests/training/test_fanout_cluster.py", "tests/e2e/test_scale_out.py"}
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_itemcollected(item):
     """Everything under tests/e2e/ is an end-to-end test (real dvc, Visdom, a browser, subprocesses):
-    ``make quick`` (``pytest -m "not e2e"``) leaves them out.
+    ``make quick`` (``pytest -m "not e2e"``) leaves them out."""
+    if E2E in Path(item.fspath).parents:
+        item.add_marker(pytest.mark.e2e)
 
-    ``make test`` runs two pytest-xdist workers with ``--dist loadgroup``: every module is one group,
-    so its tests run in order on one worker (the e2e modules build on their earlier tests' state),
-    and the modules that start Ray are one group together."""
-    for item in items:
-        path = Path(item.fspath)
-        if E2E in path.parents:
-            item.add_marker(pytest.mark.e2e)
-        module = path.relative_to(PACKAGE.parents[1]).as_posix()
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_at_a_time(request, tmp_path_factory):
+    """``make test`` runs two pytest-xdist workers with ``--dist loadfile`` (a module's tests run in order
+    on one worker: the e2e modules build on their earlier tests' state). A module that starts Ray holds
+    a lock shared by the workers while it runs, so no two Ray instances start at once."""
+    module = Path(request.node.fspath).relative_to(PACKAGE.parents[1]).as_posix()
+    if module not in RAY_MODULES or os.environ.get("PYTEST_XDIST_WORKER") is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "ray.lock")):
+        yield
 
 
 @pytest.fixture

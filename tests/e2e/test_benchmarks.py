@@ -112,19 +112,3 @@ def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path)
     assert "- `--quick`: no forced re-run and no queue" in text
     leaves = int(re.search(r"`dvc exp show --json`: (\d+) metric values", text).group(1))
     assert 0 < leaves <= 20
-
-
-def test_quick_scale_out_benchmark_gives_identical_tables_and_every_row(tmp_path):
-    """benchmarks/scale_out.py --quick on digits: the Ray path's tables equal one process's, and
-    the DDP rows trained (the script itself exits non-zero when the tables differ)."""
-    pytest.importorskip("ray")
-    out = tmp_path / "scale_out.md"
-    subprocess.run([sys.executable, "benchmarks/scale_out.py", "--quick", "--out", str(out)], cwd=ROOT,
-                   env={**dvc_env(), "FOLDWISE_DEVICE": "cpu"}, check=True, timeout=900, capture_output=True)
-    text = out.read_text()
-    threads = torch.get_num_threads()
-    assert re.search(rf"^\| one process, {threads} threads \| [\d.]+ \| 1\.000 \|  \|$", text, re.M), text
-    assert re.search(rf"^\| Ray, local: 1 worker x {threads} threads \| [\d.]+ \| [\d.]+ \| yes \|$", text, re.M)
-    accs = re.findall(r"^\| final training: [12] process(?:es \(DDP, gloo\))?, valid acc (0\.\d{4}) \|", text, re.M)
-    assert len(accs) == 2 and all(float(a) > 0.2 for a in accs)  # 10 digits, 5 steps of one epoch: above chance
-    assert re.search(r"Ray's overhead on this machine: \*\*[-+][\d.]+%\*\*", text)

@@ -8,9 +8,14 @@ Both runs use one torch thread per run (``OMP_NUM_THREADS=1`` for the sequential
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from tests.e2e.test_benchmarks import ROOT, dvc_env
 from tests.e2e.test_pipeline import ALL_STAGES, METRICS, make_clone, ran_stages, run, set_params
 
 pytest.importorskip("ray")
@@ -35,3 +40,19 @@ def test_ray_local_repro_gives_the_sequential_results_byte_for_byte(tmp_path):
     # every output byte-identical, so dvc.lock too: nothing for git, and DVC sees nothing to do
     assert run(tmp_path, "git", "status", "--porcelain").stdout == ""
     assert "Data and pipelines are up to date." in run(tmp_path, "dvc", "status").stdout
+
+
+def test_quick_scale_out_benchmark_gives_identical_tables_and_every_row(tmp_path):
+    """benchmarks/scale_out.py --quick on digits: the Ray path's tables equal one process's, and
+    the DDP rows trained (the script itself exits non-zero when the tables differ)."""
+    pytest.importorskip("ray")
+    out = tmp_path / "scale_out.md"
+    subprocess.run([sys.executable, "benchmarks/scale_out.py", "--quick", "--out", str(out)], cwd=ROOT,
+                   env={**dvc_env(), "FOLDWISE_DEVICE": "cpu"}, check=True, timeout=900, capture_output=True)
+    text = out.read_text()
+    threads = torch.get_num_threads()
+    assert re.search(rf"^\| one process, {threads} threads \| [\d.]+ \| 1\.000 \|  \|$", text, re.M), text
+    assert re.search(rf"^\| Ray, local: 1 worker x {threads} threads \| [\d.]+ \| [\d.]+ \| yes \|$", text, re.M)
+    accs = re.findall(r"^\| final training: [12] process(?:es \(DDP, gloo\))?, valid acc (0\.\d{4}) \|", text, re.M)
+    assert len(accs) == 2 and all(float(a) > 0.2 for a in accs)  # 10 digits, 5 steps of one epoch: above chance
+    assert re.search(r"Ray's overhead on this machine: \*\*[-+][\d.]+%\*\*", text)
