@@ -118,7 +118,7 @@ def test_two_queued_experiments_run_side_by_side_from_the_cache(digits):
 def test_dvclive_files_grow_while_crossval_runs_and_dvc_plots_draws_them(digits):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(digits / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu"}
-    set_params(digits / "params.yaml", {"epochs": "30"})
+    set_params(digits / "params.yaml", {"epochs": "12"})
     curve = digits / "reports/live/crossval/plots/metrics/baseline/valid_acc.tsv"
     proc = subprocess.Popen(["dvc", "repro", "crossval"], cwd=digits, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -136,7 +136,7 @@ def test_dvclive_files_grow_while_crossval_runs_and_dvc_plots_draws_them(digits)
         seen.pop(0)
     assert len(seen) >= 3 and seen == sorted(seen), seen  # read mid-run, growing epoch by epoch
     rows = (curve.read_text().splitlines())
-    assert rows[0] == "step\tvalid_acc" and len(rows) == 1 + 2 * 30  # 2 folds x 30 epochs, one curve
+    assert rows[0] == "step\tvalid_acc" and len(rows) == 1 + 2 * 12  # 2 folds x 12 epochs, one curve
     run(digits, "dvc", "plots", "show", "--out", "live-html")
     html = (digits / "live-html" / "index.html").read_text()
     assert "reports/live/crossval/plots/metrics/baseline/valid_acc.tsv" in html
