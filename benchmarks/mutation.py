@@ -163,7 +163,7 @@ def write_report(seconds: float | None) -> int:
     total = sum(totals.values())
     rows.append(f"| **all** | {total} | {totals[KILLED]} | {totals[EQUIV]} | {totals[SURVIVED]} | {totals[NO_TESTS]} | "
                 f"{totals[TIMEOUT]} | {totals[KILLED] / (total - totals[EQUIV]):.1%} |")
-    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; 25 to 50 minutes on 2 cores, not in CI). "
+    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; an hour or more on 2 cores, not in CI). "
              "Score: killed / (all mutants - equivalent ones); a mutant no test reaches, or one that timed out, "
              "counts as alive. Equivalent: listed below with the reason (benchmarks/mutation.py, EQUIVALENT).",
              "", "| module | mutants | killed | equivalent | survived | no test reaches it | timeout | score |",
