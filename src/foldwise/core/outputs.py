@@ -22,9 +22,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # write_csv only calls the frame's method: stages that write no CSV need not import pandas
+    import pandas as pd
 
 TMP_MARK = ".tmp-"  # temporary siblings are named .<output name>.tmp-<random>
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
+
+# torch is imported where a tensor is made: prepare and plots read the layout only, and importing
+# torch would add a second (about 1 s) to each of their runs.
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.csv"  # one row per image: path, label, class, split, pixel md5, source name
@@ -46,8 +50,10 @@ def _decode(path: Path) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-class PngFiles(Dataset):
+class PngFiles:
     """Image files with labels; item i is (uint8 C x H x W tensor, label). Nothing decoded up front.
+
+    A map-style dataset (``len`` and ``[i]``), as torch's DataLoader reads them.
 
     ``pixels``: prepare's ``<split>.npy`` holding the same images in the same
     order, when it wrote one; ``decode_all`` then loads it instead of decoding.
@@ -62,9 +68,13 @@ class PngFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         return torch.from_numpy(_decode(self.paths[i])).permute(2, 0, 1).contiguous(), self.labels[i]
 
     def subset(self, idx: np.ndarray) -> PngFiles:
+        import torch
+
         return PngFiles([self.paths[i] for i in idx], self.labels[torch.as_tensor(idx)])
 
     @property
@@ -82,6 +92,8 @@ def split_files(prepared_dir: str | Path, split: str) -> PngFiles:
     rows = read_manifest(prepared_dir).query("split == @split")
     if rows.empty:
         raise ValueError(f"{prepared_dir / MANIFEST}: split {split!r} has no images")
+    import torch
+
     labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
     pixels = prepared_dir / PIXELS.format(split=split)
     return PngFiles([prepared_dir / p for p in rows["path"]], labels, pixels if pixels.is_file() else None)
@@ -97,6 +109,8 @@ def images_at(prepared_dir: str | Path, split: str, indices: np.ndarray) -> np.n
 
 def decode_all(files: PngFiles) -> torch.Tensor:
     """Every image of ``files`` as one uint8 N x C x H x W tensor (from ``files.pixels`` when there)."""
+    import torch
+
     if files.pixels is not None:
         array = np.load(files.pixels, allow_pickle=False)
         if array.dtype != np.uint8 or array.ndim != 4 or len(array) != len(files):

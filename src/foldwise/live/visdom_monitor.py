@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from foldwise.live.settings import PASSWORD_ENV, USER_ENV
-from foldwise.reporting.figures import examples_grid
 from foldwise.reporting.plot_data import confusion
 from foldwise.training.callbacks import Monitor
 
@@ -332,7 +331,9 @@ class VisdomMonitor(Monitor):
                    actual: np.ndarray, predicted: np.ndarray) -> None:
         accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
         self._confusion(confusion, classes, f"{self.stage}: test confusion (accuracy {accuracy:.4f})")
-        grid = examples_grid(images, actual, predicted, classes)  # figures.py: a matplotlib figure
+        from foldwise.reporting.figures import examples_grid  # matplotlib: here, not in every training stage
+
+        grid = examples_grid(images, actual, predicted, classes)  # a matplotlib figure
         self._viz.image(grid, win=self._win("examples"),
                         opts={"title": f"{self.stage}: test images, true / predicted (red: wrong)",
                               "width": grid.shape[2] + 20, "height": grid.shape[1] + 50})

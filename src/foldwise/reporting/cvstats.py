@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from foldwise.reporting.significance import ALPHA
 
@@ -23,6 +22,14 @@ from foldwise.reporting.significance import ALPHA
 SCORE = "final_valid_acc"
 REFERENCE = "baseline"  # the variant the others are compared with, when it is compared
 HEADLINE = ("valid_acc_mean", "valid_acc_std", "p_value")  # per variant, in cv.json (what `dvc exp show` shows)
+
+
+def _t_distribution() -> Any:
+    """Student's t from scipy.stats, imported on first use: it takes 0.5 s, which every stage
+    that imports this module would pay."""
+    from scipy import stats
+
+    return stats.t
 
 
 def paired_test(diffs: np.ndarray, k: int) -> tuple[float, float]:
@@ -40,7 +47,7 @@ def paired_test(diffs: np.ndarray, k: int) -> tuple[float, float]:
         return p, p
 
     def p_value(scale: float) -> float:
-        return float(2 * scipy_stats.t.sf(abs(mean) / math.sqrt(scale * var), n - 1))
+        return float(2 * _t_distribution().sf(abs(mean) / math.sqrt(scale * var), n - 1))
 
     return p_value(1 / n + 1 / (k - 1)), p_value(1 / n)
 
@@ -61,7 +68,7 @@ def summarize(folds: pd.DataFrame) -> dict[str, Any]:
         acc = rows[SCORE].to_numpy(dtype=float)  # pragma: no mutate (dtype=None: the column is float already)
         n = len(acc)
         std = float(np.std(acc, ddof=1)) if n > 1 else 0.0
-        half = float(scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
+        half = float(_t_distribution().ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
         entry = {
             "valid_acc_mean": acc.mean(), "valid_acc_std": std,
             # the t interval over the folds (their spread comes from training as well as from the
