@@ -47,9 +47,19 @@ HEADER = ("# DVC experiment workflow, default pipeline\n\nWritten by `.venv/bin/
 LRS = {"back": 0.01, "sequential": (0.004, 0.016), "queued": (0.005, 0.02)}  # the committed lr is A
 
 
-def sh(repo: Path, env: dict[str, str], *args: str) -> str:
-    """Run a command in ``repo``; its output (stdout and stderr), or SystemExit naming the failure."""
-    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+def sh(repo: Path, env: dict[str, str], *args: str, daemon: bool = False) -> str:
+    """Run a command in ``repo``; its output (stdout and stderr), or SystemExit naming the failure.
+
+    ``daemon``: the command leaves processes running (`dvc queue start`'s workers), which inherit its
+    output: it goes to a file, since reading a pipe to its end would wait until they exit.
+    """
+    if daemon:
+        with tempfile.TemporaryFile("w+") as log:
+            done = subprocess.run(args, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+            log.seek(0)
+            done.stdout, done.stderr = log.read(), ""
+    else:
+        done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed in {repo}:\n{done.stdout}\n{done.stderr}")
     return done.stdout + done.stderr
@@ -103,7 +113,7 @@ def queue_wall(repo: Path, env: dict[str, str], lrs: tuple[float, float]) -> tup
     """Queue two experiments (DVC's sweep syntax), run them with two workers; wall seconds and names."""
     sh(repo, env, "dvc", "exp", "run", "--queue", "-S", f"lr={lrs[0]},{lrs[1]}")
     started = time.perf_counter()
-    sh(repo, env, "dvc", "queue", "start", "-j", "2")
+    sh(repo, env, "dvc", "queue", "start", "-j", "2", daemon=True)
     while True:
         status = sh(repo, env, "dvc", "queue", "status")
         if not re.search(r"\b(Running|Queued)\b", status):

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,25 @@ FIGURES = {"learning_curves.png", "cv_comparison.png", "confusion_matrix.png", "
            "sample_predictions.png", "reliability.png"}
 
 
-def run(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+def run(repo: Path, *args: str, ok: bool = True, daemon: bool = False) -> subprocess.CompletedProcess:
+    """``args`` in ``repo`` with DVC's and git's environment; its output, or AssertionError when it fails.
+
+    ``daemon``: a command that leaves a process running (`dvc queue start`'s workers inherit its stdout
+    and stderr). Its output goes to a file, not a pipe: reading a pipe to its end would wait for the
+    workers to exit, and forever for one that never does (a celery worker can hang while shutting down).
+    """
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "FOLDWISE_DEVICE": "cpu",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if daemon:
+        with tempfile.TemporaryFile("w+") as log:
+            done = subprocess.run(args, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                  timeout=600)
+            log.seek(0)
+            done.stdout, done.stderr = log.read(), ""
+    else:
+        done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     if ok and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
