@@ -56,7 +56,9 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     hooks = root / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT / 'src'}", "FOLDWISE_DEVICE": "cpu",
+    # mutmut's call-recording pass (make audit) cannot record from a process started in another folder
+    inherited = {k: v for k, v in os.environ.items() if (k, v) != ("MUTANT_UNDER_TEST", "stats")}
+    env = {**inherited, "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT / 'src'}", "FOLDWISE_DEVICE": "cpu",
            "FOLDWISE_CHECKPOINTS": str(root / "checkpoints"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
            f"{os.environ['PATH']}"}
     stage(root, str(ROOT / "stages/download.py"), "--out", "data/raw", env=env)
