@@ -45,3 +45,33 @@ def test_provenance_is_exactly_what_made_the_result():
     assert provenance(p, "l2", torch.device("cpu")) == {
         "dataset": p.dataset, "model": p.model, "variant": "l2", "seed": p.seed, "device": "cpu",
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def _row(name: str, accuracy: float, ece: float) -> dict:
+    return {"name": name, "accuracy": accuracy, "macro_f1": accuracy - 0.01, "nll": 1 - accuracy, "ece": ece}
+
+
+def test_headline_metrics_are_the_single_model_the_ensemble_tta_and_the_used_models_calibration():
+    """evaluate's metrics.json, pinned key by key: the single model under ``test`` whatever is used,
+    the ensemble with McNemar's p, tta when the used predictor has flips, and the used predictor's ECE
+    before and after temperature scaling (the last row)."""
+    from foldwise.reporting.metrics import headline_metrics
+
+    rows = [_row("single", 0.90, 0.05), _row("ensemble", 0.92, 0.04), _row("ensemble+tta", 0.93, 0.03),
+            _row("ensemble+tta, T=0.800", 0.93, 0.01)]
+    assert headline_metrics(rows, "ensemble+tta", {"p_value": 0.02}) == {
+        "test": {"loss": pytest.approx(0.10), "accuracy": 0.90, "macro_f1": pytest.approx(0.89)},
+        "ensemble": {"accuracy": 0.92, "mcnemar_p": 0.02},
+        "tta": {"accuracy": 0.93},
+        "calibration": {"ece_before": 0.03, "ece": 0.01}}
+    # the single model used, no flips: no tta entry; an ensemble without a paired test reads p = 1
+    rows = [_row("single", 0.90, 0.05), _row("ensemble", 0.91, 0.04), _row("single, T=1.100", 0.90, 0.02)]
+    assert headline_metrics(rows, "single", None) == {
+        "test": {"loss": pytest.approx(0.10), "accuracy": 0.90, "macro_f1": pytest.approx(0.89)},
+        "ensemble": {"accuracy": 0.91, "mcnemar_p": 1.0},
+        "calibration": {"ece_before": 0.05, "ece": 0.02}}
+    # one model (no fold models kept): neither ensemble nor tta
+    rows = [_row("single", 0.90, 0.05), _row("single, T=1.100", 0.90, 0.02)]
+    assert headline_metrics(rows, "single", None) == {
+        "test": {"loss": pytest.approx(0.10), "accuracy": 0.90, "macro_f1": pytest.approx(0.89)},
+        "calibration": {"ece_before": 0.05, "ece": 0.02}}

@@ -182,3 +182,93 @@ def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
             assert mine.keys() == one.keys()
             for key in mine:
                 assert mine[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_the_one_process_group_is_the_identity_and_join_refuses_a_wrong_process_count(monkeypatch):
+    from torch import nn
+
+    from foldwise.core.errors import UserError
+    from foldwise.training.ddp import SINGLE, Group, join, launched, leave
+
+    assert SINGLE.main and not Group(1, 2).main
+    big = 2**53 - 1  # exact in float64, not in float32
+    assert SINGLE.total(big, torch.tensor(2.5), 3) == [float(big), 2.5, 3.0]
+    assert SINGLE.gather({"a": 1}) == [{"a": 1}]
+    model = nn.BatchNorm1d(3)
+    SINGLE.share_buffers(model)  # one process: nothing to share, no process group needed
+    for key in ("WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert not launched()
+    assert join(1, torch.device("cpu")) == (SINGLE, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"train_processes is 2, but torchrun started 1 processes.*"
+                                        r"--nproc-per-node=2"):
+        join(2, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert not launched()  # torchrun sets both
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launched()
+    with pytest.raises(UserError, match=r"train_processes is 2, but torchrun started 3 processes"):
+        join(2, torch.device("cpu"))
+    leave(SINGLE)
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (47, 2), (7, 3), (2, 3), (100, 7)])
+def test_shards_are_contiguous_cover_the_range_and_differ_by_at_most_one(n, world):
+    from foldwise.training.ddp import Group
+
+    shards = [Group(rank, world).shard(n) for rank in range(world)]
+    assert [int(i) for s in shards for i in s] == list(range(n))
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)  # earlier ranks take the extra
+
+
+def _collectives_rank(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from foldwise.training.ddp import Group, leave
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    group = Group(rank, world)
+    model = nn.BatchNorm1d(2)
+    model.running_mean.fill_(rank + 1.0)  # each process its own statistics
+    group.share_buffers(model)
+    result = {"total": group.total(rank + 0.5, torch.tensor(2**40 + rank)), "gather": group.gather(f"r{rank}"),
+              "running_mean": model.running_mean.tolist(), "shard": group.shard(5).tolist(), "main": group.main}
+    leave(group)
+    result["left"] = not dist.is_initialized()
+    torch.save(result, f"{out}/collectives{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_processes_sum_gather_and_share_process_0s_statistics(tmp_path):
+    """Each collective against what one process computes over both processes' values."""
+    import torch.multiprocessing as mp
+
+    from foldwise.training.ddp import SINGLE
+
+    mp.spawn(_collectives_rank, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"collectives{r}.pt") for r in range(2)]
+    # one process holding both processes' values gets the same sums and the same list
+    expected_total = [a + b for a, b in zip(SINGLE.total(0.5, 2**40), SINGLE.total(1.5, 2**40 + 1))]
+    for rank, result in enumerate(ranks):
+        assert result["total"] == expected_total == [2.0, float(2**41 + 1)]
+        assert result["gather"] == SINGLE.gather("r0") + SINGLE.gather("r1")
+        assert result["running_mean"] == [1.0, 1.0]  # process 0's, on both
+        assert result["main"] == (rank == 0) and result["left"]
+    assert ranks[0]["shard"] == [0, 1, 2] and ranks[1]["shard"] == [3, 4]
+
+
+@pytest.mark.slow
+def test_relaunch_runs_the_script_under_torchrun_in_that_many_processes_and_returns_its_exit_code(tmp_path):
+    from foldwise.training.ddp import relaunch
+
+    script = tmp_path / "rank.py"
+    script.write_text("import os, sys\n"
+                      "from pathlib import Path\n"
+                      "Path(sys.argv[1], os.environ['RANK']).write_text(os.environ['WORLD_SIZE'] + ' ' + sys.argv[2])\n"
+                      "sys.exit(3 if os.environ['RANK'] == '1' and sys.argv[2] == 'fail' else 0)\n")
+    assert relaunch(2, [str(script), str(tmp_path), "ok"]) == 0
+    assert {f.name: f.read_text() for f in tmp_path.iterdir() if f.name.isdigit()} == {"0": "2 ok", "1": "2 ok"}
+    assert relaunch(2, [str(script), str(tmp_path), "fail"]) != 0

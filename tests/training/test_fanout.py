@@ -7,6 +7,7 @@ training on the conftest data. Ray takes seconds to start, so these are marked s
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pandas as pd
 import pytest
@@ -98,6 +99,56 @@ def test_ray_crossval_gives_the_sequential_tables_bit_for_bit(local_ray, tiny_se
     runs = [(v, f) for v in p.compared for f in range(2)]
     assert [e[1:] for e in order if e[0] == "fold"] == runs  # in the sequential order, whatever finished first
     assert [e[1:3] for e in order if e[0] == "epoch"] == [r for r in runs for _ in range(3)]
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.slow
+def test_a_task_trains_the_sequential_run_and_says_where_it_ran(local_ray, tiny_set, tiny_stats, tiny_params,
+                                                                 monkeypatch):
+    """``train_task`` called in this process, as a Ray worker calls it: the one-process run's row,
+    history and weights, at the thread count asked for, and where it ran (here: this node, host and pid)."""
+    import os
+    import socket
+
+    import ray
+
+    from foldwise.training.crossval import RunSpec, make_folds, train_run
+    from foldwise.training.fanout import train_task
+
+    data = arrays(tiny_set, tiny_stats)
+    fold = make_folds(tiny_set.labels.numpy(), tiny_params.k_folds, tiny_params.seed)[1]
+    spec = RunSpec(3, "l2", 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        row, history, weights = train_run(data.to_source(torch.device("cpu")), 3, tiny_params, spec, fold)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        for gpus in (0.0, 0.5):
+            torch.set_num_threads(2)
+            started = time.time()
+            (row2, history2, weights2), where = train_task(data, 3, tiny_params, spec, fold, None, 1, gpus)
+            assert torch.get_num_threads() == 1
+            assert _without_seconds([row2]) == _without_seconds([row])
+            assert _without_seconds(history2) == _without_seconds(history) and len(history) == 2
+            assert list(weights2) == list(weights) and all(torch.equal(weights2[n], weights[n]) for n in weights)
+            assert where["node"] == ray.get_runtime_context().get_node_id()
+            assert (where["host"], where["pid"], where["device"]) == (socket.gethostname(), os.getpid(), "cpu")
+            assert where["cuda_visible_devices"] == ("1" if gpus else None)  # only a GPU run reads it
+            assert started <= where["start"] <= where["end"] <= time.time()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_describe_names_the_cluster_and_each_runs_share(local_ray):
+    with RayFanout(RaySettings("local", cpus=1, gpus=None)) as fanout:
+        assert fanout.describe() == "ray (1 nodes, 2 CPUs, 2 GPUs; 1 CPU and 1 GPU per run)"
+        assert fanout.device_type == "cuda"  # GPUs there and none asked for: one per run
+    with RayFanout(RaySettings("local", cpus=2, gpus=0.5)) as fanout:
+        assert fanout.describe() == "ray (1 nodes, 2 CPUs, 2 GPUs; 2 CPU and 0.5 GPU per run)"
 
 
 @pytest.mark.slow
