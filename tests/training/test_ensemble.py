@@ -113,3 +113,57 @@ def test_auto_keeps_the_single_model_when_the_ensemble_is_more_accurate_but_not_
     assert why == ("the single model (ensemble: auto): the ensemble is not significantly more accurate "
                    "(+3.00 points, McNemar p = 0.25; threshold 0.05)")
     assert _choose(True, [torch.nn.Identity()], paired, rows, "")[0] is True  # pinned: used regardless
+
+
+def test_explicit_choices_and_the_threshold_are_said_word_for_word():
+    """``ensemble: true`` / ``false`` name themselves; ``auto`` needs p strictly below ALPHA."""
+    from torch import nn
+
+    from foldwise.training.ensemble import _choose
+
+    members = [nn.Identity()]
+    rows = {"single": {"accuracy": 0.80}, "ensemble": {"accuracy": 0.83}}
+    assert _choose(True, members, {"p_value": 0.9}, rows, "") == (True, "the ensemble: ensemble: true in params.yaml")
+    assert _choose(False, members, {"p_value": 0.01}, rows, "") == (
+        False, "the single model: ensemble: false in params.yaml")
+    assert _choose("auto", members, {"p_value": 0.05}, rows, "") == (
+        False, "the single model (ensemble: auto): the ensemble is not significantly more accurate "
+               "(+3.00 points, McNemar p = 0.05; threshold 0.05)")
+    assert _choose("auto", members, {"p_value": 0.0499}, rows, "")[0] is True
+
+
+def test_scores_are_named_and_rounded_to_six_places():
+    from foldwise.reporting.calibration import expected_calibration_error, nll
+    from foldwise.training.ensemble import score
+
+    log_probs = torch.log_softmax(torch.tensor([[2.0, 0.1, -1.0], [0.3, 0.2, 0.1], [0.0, 1.0, 0.5],
+                                                [1.3, -0.4, 0.2]], dtype=torch.float64), 1)
+    labels = torch.tensor([0, 2, 1, 1])
+    result = score(log_probs, labels, ["a", "b", "c"])
+    assert set(result) == {"accuracy", "macro_f1", "nll", "ece"} and result["accuracy"] == 0.5
+    exact_nll, exact_ece = nll(log_probs, labels), expected_calibration_error(log_probs.exp(), labels)
+    assert result["nll"] == round(exact_nll, 6) != round(exact_nll, 7)
+    assert result["ece"] == round(exact_ece, 6) != round(exact_ece, 7)
+
+
+def test_tta_rows_the_temperature_and_the_confidences_come_from_the_flipped_images(trained, tiny_set, tiny_params):
+    import numpy as np
+
+    from foldwise.training.ensemble import score
+
+    (a, b), _, train, valid = trained
+    # a model one short epoch in: trained ones are sure of every tiny image (every confidence 1.0),
+    # an untrained one of none (its temperature runs off)
+    p = dataclasses.replace(tiny_params, epochs=1, lr=0.002)
+    unsure = train_final(train, valid, 3, p, "baseline")[0].eval()
+    result = assess(unsure, [a, b], valid, train, tiny_set.classes, False, True, True)
+    flipped, plain = log_probabilities([unsure], valid, flip=True), log_probabilities([unsure], valid)
+    assert not torch.equal(flipped, plain)
+    assert result.rows[2] == {"name": "single+tta", **score(flipped, valid.labels, tiny_set.classes)}
+    fitted = fit_temperature(log_probabilities([unsure], train, flip=True), train.labels)
+    assert result.temperature == round(fitted, 6) != round(fitted, 7)
+    assert result.temperature != round(fit_temperature(log_probabilities([unsure], train), train.labels), 6)
+    confidence = result.predictions["calibrated_confidence"].to_numpy()
+    assert np.array_equal(confidence, confidence.round(4)) and not np.array_equal(confidence, confidence.round(3))
+    bins = result.reliability[["confidence", "accuracy"]].dropna().to_numpy()
+    assert np.array_equal(bins, bins.round(6)) and not np.array_equal(bins, bins.round(5))

@@ -18,7 +18,8 @@ def test_resolve_variant(tiny_params):
     variant, source, reason = resolve_variant(pinned, {"chosen": "l2"})
     assert (variant, source) == ("dropout", "pinned")
     assert reason == "pinned in params.yaml (variant: dropout); crossval's best mean was l2"
-    with pytest.raises(ValueError, match="crossval chose variant 'gone'.*re-run crossval"):
+    with pytest.raises(ValueError, match=r"^crossval chose variant 'gone', which params.yaml no longer compares "
+                                         r"\(compare: baseline, l2, dropout\); re-run crossval \(dvc repro\)$"):
         resolve_variant(tiny_params, {"chosen": "gone"})
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import hashlib
+import io
 import json
 
 import pytest
@@ -140,3 +141,90 @@ def test_a_model_files_bytes_do_not_depend_on_params_its_stage_does_not_track(tm
     c = save_checkpoint(tmp_path / "c.pt", model, dataclasses.replace(tiny_params, lr=0.5), "l2", tiny_set.classes,
                         tiny_stats, (1, 12, 12))
     assert c != a  # a param that shapes the model's training is recorded
+
+
+class _RunsCode:
+    """Unpickled, it would write a file: a model file that runs code when loaded."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_every_model_file_error_says_exactly_how_to_get_a_good_copy_back(tmp_path, monkeypatch, tiny_set,
+                                                                         tiny_stats, tiny_params):
+    """The messages pinned word for word: the file, who wrote it and where its sha256 is recorded,
+    `dvc checkout -f`, the cached copy to delete (by its md5 in dvc.lock when there is one), and the
+    stage to re-run."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cpu = torch.device("cpu")
+    model = build_model((1, 12, 12), 3, tiny_params)
+    path = "models/model.pt"
+    (tmp_path / "models").mkdir()
+    sha256 = save_checkpoint(path, model, tiny_params, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    assert model_record(path, sha256) == {"path": path, "sha256": sha256, "bytes": (tmp_path / path).stat().st_size}
+    wrong = "0" * 64
+    restore = (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the cached "
+               f"copy is damaged too: delete it ({{cached}}) and train again: `dvc repro -f {{stage}}`")
+    generic = "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/"
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, cpu, wrong)
+    assert str(error.value) == (f"{path} is damaged: its sha256 is {sha256}, but train wrote {wrong} (recorded "
+                                f"in train's model record); " + restore.format(cached=generic, stage="train"))
+    md5 = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "crossval": {"outs": [{"path": path, "md5": md5}]}}}))
+    cached = '`rm -f "$(dvc cache dir)/files/md5/01/23456789abcdef0123456789abcdef"`'
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, cpu, wrong, "models/folds/folds.json", "crossval")
+    assert str(error.value) == (f"{path} is damaged: its sha256 is {sha256}, but crossval wrote {wrong} (recorded "
+                                f"in models/folds/folds.json); " + restore.format(cached=cached, stage="crossval"))
+    (tmp_path / path).write_bytes(b"")  # torch's EOFError has no message
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, cpu, stage="crossval")
+    assert str(error.value) == (f"{path} is not a readable foldwise model (EOFError: no detail); "
+                                + restore.format(cached=cached, stage="crossval"))
+    (tmp_path / path).unlink()
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, cpu, stage="crossval")
+    assert str(error.value) == f"{path} is missing; " + restore.format(cached=cached, stage="crossval")
+
+    # a file that would run code when unpickled is refused, and the code does not run
+    torch.save({"params": _RunsCode(str(tmp_path / "ran"))}, tmp_path / path)
+    with pytest.raises(UserError, match=rf"^{path} is not a readable foldwise model \(UnpicklingError: "):
+        load_checkpoint(path, cpu)
+    assert not (tmp_path / "ran").exists()
+    # params that do not parse are named as the file's
+    good = torch.load(io.BytesIO(_saved(tmp_path, model, tiny_params, tiny_set, tiny_stats)), weights_only=True)
+    torch.save({**good, "params": {**good["params"], "lr": "fast"}}, tmp_path / path)
+    from foldwise.core.params import ParamsError
+
+    with pytest.raises(ParamsError, match=rf"^{path} \(params\): lr: expected a number"):
+        load_checkpoint(path, cpu)
+    record = tmp_path / "model.json"
+    record.write_text("not json")
+    with pytest.raises(UserError, match=r"^.*model\.json: not a model record \(.+\); train again: "
+                                        r"`dvc repro -f train`$"):
+        read_record(record)
+
+
+def _saved(tmp_path, model, p, tiny_set, tiny_stats) -> bytes:
+    save_checkpoint(tmp_path / "saved.pt", model, p, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    return (tmp_path / "saved.pt").read_bytes()
+
+
+def test_a_model_file_never_needs_the_imagenet_file_its_training_started_from(tmp_path, tiny_set, tiny_stats,
+                                                                              tiny_params):
+    """The saved weights replace everything: a resnet18 trained from ImageNet weights loads where the
+    ImageNet file is gone."""
+    p = dataclasses.replace(tiny_params, model="resnet18")
+    model = build_model((1, 12, 12), 3, p)
+    started_from = dataclasses.replace(p, pretrained=True, pretrained_path=str(tmp_path / "gone.pth"))
+    save_checkpoint(tmp_path / "m.pt", model, started_from, "baseline", tiny_set.classes, tiny_stats, (1, 12, 12))
+    loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+    assert checkpoint["params"]["pretrained"] is True  # the file says how it was trained
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
