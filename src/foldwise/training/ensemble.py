@@ -89,7 +89,7 @@ def _choose(choice: bool | str, fold_models: list[nn.Module], paired: dict[str, 
         return False, f"the single model: there is no fold ensemble ({fold_note})"
     if choice is not True and choice is not False:  # auto
         gain = rows["ensemble"]["accuracy"] - rows["single"]["accuracy"]
-        p = paired["p_value"] if paired else 1.0
+        p = paired["p_value"]  # assess pairs the two whenever there are fold models
         better = gain > 0 and p < ALPHA
         verdict = "significantly" if better else "not significantly"
         return better, (f"the {'ensemble' if better else 'single model'} (ensemble: auto): the ensemble is "
@@ -135,5 +135,5 @@ def assess(single: nn.Module, fold_models: list[nn.Module], test: BatchSource, v
                                 "calibrated_confidence": calibrated.max(1).values.exp().numpy().round(4)})
     bins = pd.concat([reliability(test_lp[used].exp(), y).assign(probabilities="uncalibrated"),
                       reliability(calibrated.exp(), y).assign(probabilities="calibrated")])
-    metrics = {"loss": rows[used]["nll"], **classification_metrics(y.numpy(), predicted.numpy(), classes)}
+    metrics = classification_metrics(y.numpy(), predicted.numpy(), classes)
     return Assessment(used, why, table, paired, round(temperature, 6), metrics, predictions, bins.round(6), notes)
