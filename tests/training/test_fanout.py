@@ -208,3 +208,33 @@ def test_a_split_too_big_to_preload_is_refused_before_ray_starts(tmp_path, tiny_
     with pytest.raises(UserError, match=r"^FOLDWISE_RAY: each Ray run holds the train split preloaded \(0 MB as "
                                         r"float32\), more than memory_budget_mb=0; raise memory_budget_mb"):
         open_train(tmp_path, stats, dataclasses.replace(tiny_params, memory_budget_mb=0))
+
+
+def test_a_split_of_exactly_the_budget_fans_out_with_its_stats(tmp_path, tiny_params):
+    """128 images of 1 x 64 x 64 are exactly 2 MiB as float32: a budget of 2 takes them."""
+    from foldwise.data.prepare import prepare
+    from foldwise.training.fanout import open_train
+    from tests.conftest import CLASSES, make_images
+
+    prepare({"train": make_images(158, size=64), "test": make_images(30, size=64, seed=1)}, tuple(CLASSES),
+            tmp_path, 30, 0, seed=0)
+    stats = {"mean": [0.3], "std": [0.3]}
+    split = open_train(tmp_path, stats, dataclasses.replace(tiny_params, memory_budget_mb=2))
+    assert split.float_mb == 2.0 and split.stats == stats
+    with pytest.raises(UserError, match=r"\(2 MB as float32\), more than memory_budget_mb=1;"):
+        open_train(tmp_path, stats, dataclasses.replace(tiny_params, memory_budget_mb=1))
+
+
+def test_settings_errors_say_what_is_valid_word_for_word(monkeypatch):
+    cpus = ("a number of CPUs per run above 0: a fraction below 1, else a whole number (e.g. 1 or 2)")
+    gpus = ("0 (CPU runs), a fraction below 1 (0.25 = four runs per GPU) or a whole number of GPUs per run")
+    for name, valid in (("FOLDWISE_RAY_CPUS", cpus), ("FOLDWISE_RAY_GPUS", gpus)):
+        with pytest.raises(UserError) as error:
+            ray_from_env({"FOLDWISE_RAY": "local", name: "2.5"})
+        assert str(error.value) == f"{name}='2.5' is not valid; use {valid}"
+    assert ray_from_env({"FOLDWISE_RAY": "local", "FOLDWISE_RAY_GPUS": "0"}).gpus == 0.0  # CPU runs on a GPU node
+    assert ray_from_env({"FOLDWISE_RAY": "LOCAL"}).address == "local"
+    assert ray_from_env({"FOLDWISE_RAY": "Head-Node:6379"}).address == "Head-Node:6379"  # an address as given
+    monkeypatch.setenv("FOLDWISE_RAY", "local")
+    monkeypatch.setenv("FOLDWISE_RAY_CPUS", "2")
+    assert ray_from_env() == RaySettings("local", 2.0, None)  # the process's environment by default
