@@ -57,3 +57,21 @@ def test_ece_weighs_each_bin_by_its_share_of_the_images():
     probs = torch.tensor([[0.95, 0.05]] * 9 + [[0.55, 0.45]], dtype=torch.float64)
     labels = torch.tensor([0] * 9 + [1])
     assert expected_calibration_error(probs, labels) == pytest.approx(0.1)
+
+
+def test_the_ece_uses_the_bins_it_is_given_and_weighs_images_not_bins():
+    """Confidences 0.6 (right) and 0.9 (wrong): five bins keep them apart (|1 - 0.6| and |0 - 0.9|,
+    mean 0.65), one bin pools them (|0.5 - 0.75| = 0.25); one image alone is its own gap."""
+    probs = torch.tensor([[0.6, 0.4], [0.9, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    assert expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.65)
+    assert expected_calibration_error(probs, labels, bins=1) == pytest.approx(0.25)
+    assert expected_calibration_error(probs[:1], labels[:1]) == pytest.approx(0.4)
+
+
+def test_bin_edges_are_exact_in_float64():
+    """0.6 is the upper edge of bin 8, (8/15, 9/15]: it stays there, and 0.6 + 1e-8 goes to bin 9.
+    float32 edges (9/15 is 0.59999996 there) would put both in bin 9."""
+    probs = torch.tensor([[0.6 + 1e-8, 0.4 - 1e-8], [0.6, 0.4]], dtype=torch.float64)
+    table = reliability(probs, torch.tensor([0, 0]))
+    assert table.loc[table["count"] > 0, "bin"].tolist() == [8, 9]
