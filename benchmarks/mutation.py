@@ -5,13 +5,15 @@ decides results) changes one thing at a time (an operator, a constant, an argume
 unit tests that reach that function: a mutant no test notices is a behaviour nothing pins. Not in
 CI (``make audit``): it takes an hour or more on 2 cores (the run time is in its report).
 
-    make mutation                                    # install mutmut, run it afresh, write benchmarks/mutation.md
-    .venv/bin/python -m benchmarks.mutation --resume # continue an interrupted run
-    .venv/bin/python -m benchmarks.mutation --report # only summarise the last run
-    .venv/bin/mutmut show <mutant>                   # the diff of one mutant
+    make mutation                                       # install mutmut, run it afresh, write benchmarks/mutation.md
+    .venv/bin/python -m benchmarks.mutation --resume    # continue an interrupted run
+    .venv/bin/python -m benchmarks.mutation --survivors # after adding tests: re-test what the last run left alive
+    .venv/bin/python -m benchmarks.mutation --report    # only summarise the last run
+    .venv/bin/mutmut show <mutant>                      # the diff of one mutant
 
-Every run starts from an empty ``mutants/``: mutmut re-tests a mutant when its function changes,
-but not when a test is added, so a survivor killed by a new test would still read as alive.
+A plain run starts from an empty ``mutants/``: mutmut re-tests a mutant when its function changes,
+but not when a test is added, so a survivor killed by a new test would still read as alive;
+``--survivors`` names them to mutmut, which then re-tests them.
 Lines whose every mutant is equivalent (CUDA-only code, memory layout, PNG compression level)
 carry ``# pragma: no mutate`` and the reason; single equivalent mutants are in ``EQUIVALENT``.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "mutation.md"
 MUTANTS = ROOT / "mutants" / "src" / "foldwise"
+TIMES = ROOT / "mutants" / "run-seconds.json"  # how long the last run took: {"full": s, "survivors": s}
 # mutmut's statuses (mutmut.stats.status_by_exit_code), plus ours for the equivalent ones
 KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
 
@@ -107,6 +110,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/fanout.py", r"value >= 1 and value != int\(value\)"): "1 is a whole number: refused by neither",
     ("training/fanout.py", r'_number\(environ, GPUS_ENV, (None|"XXXX"), '):
         "the default is never read: the GPU setting is parsed only when the variable is set",
+    ("training/ensemble.py", r"members: list\[nn\.Module\], flip: bool = True\)"):
+        "the default is never read: log_probabilities always passes flip",
+    ("training/ensemble.py", r"softmax\(.*, (dim=None)?\)"): "for a 2-D input torch's implicit softmax dimension is 1",
+    ("training/ensemble.py", r'fold_note: str = "XXXX"\)'):
+        "evaluate always passes the note; the default only fills the reason of a run without fold models",
     ("training/ensemble.py", r"better = gain >= 0 and"):
         "equal accuracies mean as many images right only for one as only for the other: McNemar's p is 1",
     ("training/engine.py", r"set_to_none=(None|False)"):
@@ -178,7 +186,7 @@ def diff_of(mutant: str) -> str:
     return "\n".join(line for line in changed if line[:1] in "+-" and line[:3] not in ("---", "+++"))
 
 
-def write_report(seconds: float | None) -> int:
+def write_report(times: dict[str, float]) -> int:
     """Write benchmarks/mutation.md from the last run; return the number of mutants left alive."""
     by_module = results()
     rows, alive, same = [], [], []
@@ -207,8 +215,10 @@ def write_report(seconds: float | None) -> int:
     unchecked = total - sum(totals[s] for s in (KILLED, EQUIV, SURVIVED, NO_TESTS, TIMEOUT))
     if unchecked:  # not checked, suspicious, segfault: the run did not finish or went wrong
         lines += [f"**Incomplete: {unchecked} mutants have no verdict** ({dict(totals)}); run it again.", ""]
-    if seconds is not None:
-        lines += [f"Run time: {seconds / 60:.0f} min (`mutmut run`, {os.cpu_count()} CPUs).", ""]
+    if "full" in times:
+        again = (f"; then {times['survivors'] / 60:.0f} min re-testing the mutants it left alive, once the tests "
+                 f"that kill them were added (`--survivors`)" if "survivors" in times else "")
+        lines += [f"Run time: {times['full'] / 60:.0f} min (`mutmut run`, {os.cpu_count()} CPUs){again}.", ""]
     lines += [f"## Mutants alive ({len(alive)})", ""]
     for mutant, diff in alive:
         lines += [f"- `{mutant}`", "", "```diff", diff, "```", ""]
@@ -220,24 +230,46 @@ def write_report(seconds: float | None) -> int:
     return len(alive)
 
 
+def alive_names() -> list[str]:
+    """The mutants the last run left alive (survived or no test reaches them), equivalent ones aside."""
+    return [mutant for name, statuses in results().items() for mutant, status in statuses.items()
+            if status in (SURVIVED, NO_TESTS) and not equivalent(name, diff_of(mutant))]
+
+
+def _mutmut(env: dict[str, str], *names: str) -> None:
+    """``mutmut run``: every mutant without a result (new or changed functions), or the ``names`` given
+    (mutmut re-tests a named mutant even when it has a result)."""
+    done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1),
+                           *names], cwd=ROOT, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut run exited {done.returncode}; nothing summarised (see its output above)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", action="store_true", help="only summarise the last run")
     parser.add_argument("--resume", action="store_true", help="continue the last run instead of starting afresh")
+    parser.add_argument("--survivors", action="store_true",
+                        help="after adding tests: continue the last run, then re-test the mutants it left alive")
     args = parser.parse_args(argv)
-    seconds = None
+    times = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     if not args.report:
-        if not args.resume:
+        if not (args.resume or args.survivors):
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+            times = {}
         started = time.perf_counter()
         # one thread per mutant process: two processes on 2 cores, no oversubscription
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1)],
-                              cwd=ROOT, env=env, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"mutmut run exited {done.returncode}; nothing summarised (see its output above)")
-        seconds = time.perf_counter() - started
-    alive = write_report(seconds)
+        _mutmut(env)
+        key = "full"
+        if args.survivors:
+            key = "survivors"
+            names = alive_names()
+            if names:
+                _mutmut(env, *names)
+        times[key] = times.get(key, 0.0) + time.perf_counter() - started
+        TIMES.write_text(json.dumps(times))
+    alive = write_report(times)
     print(f"{alive} mutants alive (not equivalent); see {REPORT}")
     return 0
 

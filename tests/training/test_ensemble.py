@@ -81,7 +81,8 @@ def test_tta_adds_flipped_rows_where_flips_are_allowed_and_says_why_not_elsewher
     assert result.used == "single+tta" and result.notes == []
     digits = assess(a, [a, b], valid, train, tiny_set.classes, "auto", True, False)
     assert [r["name"] for r in digits.rows][:2] == ["single", "ensemble"] and len(digits.rows) == 3
-    assert digits.used == "single" and "mirrored images change class" in digits.notes[0]
+    assert digits.used == "single" and digits.notes == [
+        "tta: true, but mirrored images change class in this dataset (augment_flip): no test-time flips"]
 
 
 def test_no_fold_models_keeps_the_single_model_or_names_the_fix(trained, tiny_set):
