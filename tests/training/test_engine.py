@@ -143,6 +143,29 @@ def test_plateau_decays_on_the_valid_loss(tiny_params):
     assert seen == pytest.approx([0.1, 0.1, 0.1, 0.01])
 
 
+def test_a_plateau_schedule_resumes_with_what_it_had_seen(tiny_params):
+    """One bad epoch seen, saved, restored: the next bad epoch drops the lr (patience 1), as it would
+    have without the interruption; a fresh plateau would wait for two."""
+    p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=6, scheduler="plateau",
+                            plateau_patience=1, gamma=0.1)
+
+    def started():
+        optimizer = make_optimizer(build_model((1, 12, 12), 3, p), p)
+        return optimizer, Schedule(optimizer, p, steps_per_epoch=1)
+
+    optimizer, schedule = started()
+    for loss in (1.0, 2.0):
+        schedule.after_batch()
+        schedule.after_epoch(loss)
+    state = schedule.state_dict()
+    assert state["plateau"]["num_bad_epochs"] == 1 and state["steps"] == 2
+    optimizer, resumed = started()
+    resumed.load_state_dict(state)
+    resumed.after_batch()
+    resumed.after_epoch(2.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
 @pytest.mark.parametrize("name", ["none", "step", "cosine", "plateau", "onecycle"])
 def test_warmup_rises_linearly_from_a_hundredth(tiny_params, name):
     p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=4, scheduler=name, warmup_epochs=1)

@@ -255,3 +255,17 @@ def test_a_checkpoint_folder_of_the_users_own_is_never_touched(tmp_path, monkeyp
         os.utime(path, (old, old))
     Checkpoints("train", "new")
     assert not stale.dir.exists() and (some_dir / "train/old/weights.bin").is_file()
+
+
+def test_clearing_in_a_users_folder_leaves_every_folder_foldwise_did_not_make(tmp_path):
+    """In a folder the user gave (FOLDWISE_CHECKPOINTS), an unmarked key folder and an unmarked, empty
+    stage folder are the user's: clear() deletes neither."""
+    user = tmp_path / "user"
+    (user / "crossval" / "k").mkdir(parents=True)
+    (user / "crossval" / "k" / "mine.txt").write_text("keep")
+    Checkpoints("crossval", "k", root=user).clear()
+    assert (user / "crossval" / "k" / "mine.txt").read_text() == "keep"
+    (user / "crossval" / "k" / "mine.txt").unlink()
+    (user / "crossval" / "k").rmdir()
+    Checkpoints("crossval", "k", root=user).clear()  # the stage folder: empty, unmarked
+    assert (user / "crossval").is_dir()
