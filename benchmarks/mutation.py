@@ -237,9 +237,9 @@ def write_report(times: dict[str, float]) -> int:
 
 
 def alive_names() -> list[str]:
-    """The mutants the last run left alive (survived or no test reaches them), equivalent ones aside."""
+    """The mutants the last run left alive (survived, no test reaches them, timed out), equivalent ones aside."""
     return [mutant for name, statuses in results().items() for mutant, status in statuses.items()
-            if status in (SURVIVED, NO_TESTS) and not equivalent(name, diff_of(mutant))]
+            if status in (SURVIVED, NO_TESTS, TIMEOUT) and not equivalent(name, diff_of(mutant))]
 
 
 def _mutmut(env: dict[str, str], *names: str) -> None:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only summarise the last run")
     parser.add_argument("--resume", action="store_true", help="continue the last run instead of starting afresh")
     parser.add_argument("--survivors", action="store_true",
-                        help="after adding tests: continue the last run, then re-test the mutants it left alive")
+                        help="after adding tests: re-test only the mutants the last run left alive")
     args = parser.parse_args(argv)
     times = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     if not args.report:
@@ -266,13 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         # one thread per mutant process: two processes on 2 cores, no oversubscription
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        _mutmut(env)
-        key = "full"
-        if args.survivors:
-            key = "survivors"
-            names = alive_names()
-            if names:
-                _mutmut(env, *names)
+        key = "survivors" if args.survivors else "full"
+        names = alive_names() if args.survivors else []
+        if not args.survivors or names:
+            _mutmut(env, *names)
         times[key] = times.get(key, 0.0) + time.perf_counter() - started
         TIMES.write_text(json.dumps(times))
     alive = write_report(times)
