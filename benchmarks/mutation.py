@@ -119,6 +119,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                         r'device\.type == "(XXcudaXX|CUDA)"'):
         "join's CUDA branch (one GPU per process, NCCL): on a CPU-only machine no test reaches it",
     ("training/ddp.py", r'else "GLOO"\)'): "torch reads backend names in any case",
+    ("training/ddp.py", r"file=sys\.stderr, (flush=(None|False))?\)"):
+        "flush changes when the line reaches the console, not what it says",
     ("training/fanout.py", r"value = -2\.0"): "any negative value is refused alike",
     ("training/fanout.py", r"value >= 1 and value != int\(value\)"): "1 is a whole number: refused by neither",
     ("training/fanout.py", r'_number\(environ, GPUS_ENV, (None|"XXXX"), '):
