@@ -116,7 +116,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "launched() means WORLD_SIZE is set: the default is never read",
     ("training/ddp.py", r'^\+\s+(local = |if local > |raise UserError\(None\)|device = (None|torch\.device\()|'
                         r'torch\.cuda\.set_device\()|"(XXncclXX|NCCL)" if device\.type == "cuda"|'
-                        r'device\.type == "(XXcudaXX|CUDA)"'):
+                        r'device\.type == "(XXcudaXX|CUDA)"|init_process_group\(None\)|'
+                        r'\(device\.type == "cuda"\) and False'):
         "join's CUDA branch (one GPU per process, NCCL): on a CPU-only machine no test reaches it",
     ("training/ddp.py", r'else "GLOO"\)'): "torch reads backend names in any case",
     ("training/ddp.py", r"file=sys\.stderr, (flush=(None|False))?\)"):

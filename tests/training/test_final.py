@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from foldwise.training.callbacks import Monitor
 from foldwise.training.final import resolve_variant, train_final
 from tests.conftest import train_valid
 
@@ -23,7 +24,18 @@ def test_resolve_variant(tiny_params):
         resolve_variant(tiny_params, {"chosen": "gone"})
 
 
-def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set, tiny_stats, tiny_params):
+class Epochs(Monitor):
+    """The epochs a run trained (resumed ones are reported with ``on_resume``, not here)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, row) -> None:
+        self.seen.append(row["epoch"])
+
+
+def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set, tiny_stats, tiny_params,
+                                                              capsys):
     from foldwise.training.resume import Checkpoints
     from tests.conftest import Interrupted, Killed
 
@@ -32,7 +44,12 @@ def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set
     whole, whole_result = train_final(train, valid, 3, p, "dropout")
     with pytest.raises(Interrupted):  # killed after the first epoch's checkpoint
         train_final(train, valid, 3, p, "dropout", checkpoints=Killed("train", "k", tmp_path, n=1))
-    resumed, result = train_final(train, valid, 3, p, "dropout", checkpoints=Checkpoints("train", "k", tmp_path))
+    epochs = Epochs()
+    resumed, result = train_final(train, valid, 3, p, "dropout", epochs,
+                                  checkpoints=Checkpoints("train", "k", tmp_path))
+    # it resumed: epochs 2 and 3 trained (the monitor saw them), from the checkpoint named "final"
+    assert epochs.seen == [2, 3] and (tmp_path / "train" / "k" / "final.pt").is_file()
+    assert capsys.readouterr().err == "resuming training after epoch 1\n"
 
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
