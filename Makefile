@@ -1,7 +1,7 @@
 # make run    - install everything the project needs, then run the whole pipeline
 # make test   - install everything (and Chromium, for the browser tests), then run the test suite
 # make quick  - the linter and the unit tests alone (no dvc, Visdom or browser runs): the contributor's loop
-# make audit  - do the tests bite? planted bugs and mutation testing (an hour or more; not in CI)
+# make audit  - do the tests bite? planted bugs and mutation testing (about three hours on 2 cores; not in CI)
 # make bench  - the benchmarks' full runs, which rewrite benchmarks/*.md (hours; not in CI)
 # make visdom - start the live view on http://127.0.0.1:8097 (offline; see README)
 # Both create (or reuse) the virtual environment .venv/ in the repo.

@@ -3,7 +3,8 @@
 mutmut (configured in pyproject.toml, ``[tool.mutmut]``, which lists the modules: every one that
 decides results) changes one thing at a time (an operator, a constant, an argument) and runs the
 unit tests that reach that function: a mutant no test notices is a behaviour nothing pins. Not in
-CI (``make audit``): it takes an hour or more on 2 cores (the run time is in its report).
+CI (``make audit``): it takes about three hours on 2 cores (the run time is in its report): engine.py's mutants alone
+run every test that trains, the DDP and Ray ones included.
 
     make mutation                                       # install mutmut, run it afresh, write benchmarks/mutation.md
     .venv/bin/python -m benchmarks.mutation --resume    # continue an interrupted run
@@ -223,7 +224,7 @@ def write_report(times: dict[str, float]) -> int:
     total = sum(totals.values())
     rows.append(f"| **all** | {total} | {totals[KILLED]} | {totals[EQUIV]} | {totals[SURVIVED]} | {totals[NO_TESTS]} | "
                 f"{totals[TIMEOUT]} | {totals[KILLED] / (total - totals[EQUIV]):.1%} |")
-    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; an hour or more on 2 cores, not in CI). "
+    lines = ["# Mutation testing", "", "Regenerate: `make mutation` (mutmut; about three hours on 2 cores, not in CI). "
              "Score: killed / (all mutants - equivalent ones); a mutant no test reaches, or one that timed out, "
              "counts as alive. Equivalent: listed below with the reason (benchmarks/mutation.py, EQUIVALENT).",
              "", "| module | mutants | killed | equivalent | survived | no test reaches it | timeout | score |",
