@@ -157,14 +157,27 @@ def zeros_zip(path: Path, member: str, size: int) -> None:
             out.write(bytes(1 << 20))
 
 
+def prepared_peak(data, out: Path) -> int:
+    """Prepare ``data`` (a folder source, as greyscale) into ``out``: the peak of the memory Python
+    allocated meanwhile, in bytes."""
+    import tracemalloc
+
+    import sklearn.model_selection  # noqa: F401 - imported before measuring: its import is 40 MB
+
+    tracemalloc.start()
+    try:
+        prepare(data, data.classes, out, 0.25, 0, 0, 0.25, channels=1)
+        data.close()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("where", ["zip", "folder"])
 def test_a_file_over_the_size_cap_is_skipped_as_too_large_without_being_read(tmp_path, where):
     """200 MB of zeros named cat/huge.jpg (a zip member of ~200 KB): skipped "too large" from its
     listed size, so memory stays far below it (on main it was read whole: 441 MB at the peak)."""
-    import tracemalloc
     import zipfile
-
-    import sklearn.model_selection  # noqa: F401 - imported before measuring: its import is 40 MB
 
     from foldwise.data.images import MAX_FILE_BYTES
 
@@ -183,14 +196,7 @@ def test_a_file_over_the_size_cap_is_skipped_as_too_large_without_being_read(tmp
             (raw / "folder/images" / name).write_bytes(data)
         with open(raw / "folder/images/cat/huge.jpg", "wb") as f:
             f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
-    tracemalloc.start()
-    try:
-        data = load_raw(SOURCES["folder"], raw / "folder")
-        prepare(data, data.classes, tmp_path / "prepared", 0.25, 0, 0, 0.25, channels=1)
-        data.close()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = prepared_peak(load_raw(SOURCES["folder"], raw / "folder"), tmp_path / "prepared")
     assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB held"
     report = json.loads((tmp_path / "prepared" / REPORT).read_text())
     assert report["skipped"] == {"total": 1, "too large": 1}
@@ -200,10 +206,6 @@ def test_a_file_over_the_size_cap_is_skipped_as_too_large_without_being_read(tmp
 def test_the_cap_is_inclusive_and_a_file_grown_since_listing_is_read_no_further_than_it(tmp_path):
     """A file of exactly the cap is read (and found not to be an image); one listed at 10 bytes that
     grew to 400 MB before prepare read it is read to the cap and one byte, not whole."""
-    import tracemalloc
-
-    import sklearn.model_selection  # noqa: F401 - imported before measuring: its import is 40 MB
-
     from foldwise.data.images import MAX_FILE_BYTES
 
     images = tmp_path / "raw/folder/images"
@@ -217,13 +219,7 @@ def test_the_cap_is_inclusive_and_a_file_grown_since_listing_is_read_no_further_
     data = load_raw(SOURCES["folder"], tmp_path / "raw/folder")
     with open(images / "dog/grows.jpg", "r+b") as f:
         f.truncate(400 << 20)
-    tracemalloc.start()
-    try:
-        prepare(data, data.classes, tmp_path / "prepared", 0.25, 0, 0, 0.25, channels=1)
-        data.close()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = prepared_peak(data, tmp_path / "prepared")
     assert peak < 200 << 20, f"{peak / 2**20:.0f} MiB held"
     skipped = (tmp_path / "prepared" / SKIPPED).read_text()
     assert "cat/exact.jpg,not an image" in skipped and "dog/grows.jpg,too large" in skipped
