@@ -38,7 +38,7 @@ from run import machine  # noqa: E402
 
 from foldwise.training.engine import choose_device  # noqa: E402
 
-TRAINING = ("crossval", "train", "evaluate", "plots", "report")
+TRAINING = ("crossval", "train", "evaluate", "export", "plots", "report")
 DATA = ("download", "prepare", "normalize")
 QUICK = ["dataset=digits", "valid_size=0.15", "batch_size=64", "epochs=1", "k_folds=2", "compare=[baseline]"]
 HEADER = ("# DVC experiment workflow, default pipeline\n\nWritten by `.venv/bin/python benchmarks/experiments.py "

@@ -1,5 +1,6 @@
 """DVC stage: test-set metrics of the final model and of crossval's fold ensemble, calibration, and the
-confusion / per-class data for `dvc plots`."""
+confusion / per-class data for `dvc plots`, and the predictor it used (models/predictor/, with its model card)
+for `foldwise predict` and the ONNX export."""
 
 import argparse
 
@@ -10,6 +11,8 @@ from foldwise.core.outputs import write_csv, write_json
 from foldwise.core.params import load_params, parse_params
 from foldwise.data.batches import open_split
 from foldwise.data.layout import read_classes
+from foldwise.inference.card import model_card
+from foldwise.inference.predictor import save_predictor
 from foldwise.live.monitors import monitor_from_env, show_test
 from foldwise.reporting.metrics import headline_metrics, provenance
 from foldwise.reporting.plot_data import confusion_counts, per_class, sample_predictions
@@ -39,8 +42,9 @@ def main() -> None:
     parser.add_argument("--confusion", required=True, help="CSV: actual,predicted,count (exact)")
     parser.add_argument("--per-class", required=True, help="CSV: class,precision,recall,f1,support")
     parser.add_argument("--provenance", required=True, help="JSON: dataset, model, variant, seed, device, versions")
+    parser.add_argument("--predictor", required=True, help="folder: the predictor used, its record and model card")
     args = parse_stage_args(parser, outputs=("metrics", "comparison", "calibration", "predictions", "confusion",
-                                             "per_class", "provenance"))
+                                             "per_class", "provenance", "predictor"))
     device = choose_device()
     model, checkpoint = load_checkpoint(args.model, device, read_record(args.model_record), args.model_record)
     p = parse_params(checkpoint["params"], f"{args.model} (params)")
@@ -56,8 +60,11 @@ def main() -> None:
     write_csv(args.confusion, confusion_counts(result.predictions["actual"], result.predictions["predicted"], classes))
     write_csv(args.per_class, per_class(result.metrics))
     write_csv(args.calibration, result.reliability)
-    write_json(args.provenance, {**provenance(p, checkpoint["variant"], device), "model_used": result.used,
-                                 "fold_models": len(folds), "test_images": len(result.predictions)})
+    made = {**provenance(p, checkpoint["variant"], device), "model_used": result.used,
+            "fold_models": len(folds), "test_images": len(result.predictions)}
+    write_json(args.provenance, made)
+    save_predictor(args.predictor, result.members, result.flip, result.temperature, result.used, checkpoint,
+                   card=lambda summary: model_card(summary, result.rows, result.why, made, checkpoint["params"]))
     write_json(args.comparison, {"used": result.used, "why": result.why, "notes": result.notes,
                                  "temperature": result.temperature, "mcnemar": result.paired, "rows": result.rows})
     write_json(args.metrics, headline_metrics(result.rows, result.used, result.paired))

@@ -16,9 +16,9 @@ PACKAGE = ROOT / "src" / "foldwise"
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]
 # Modules that cannot change what a stage writes: console lines, the Visdom live view, error
-# messages. Their imports are not followed either (cli imports errors only to catch them).
-PRESENTATION = {"core.cli", "core.npm", "live.monitors", "live.settings", "live.visdom_monitor", "live.server",
-                "live.assets", "training.callbacks"}
+# messages, progress bars. Their imports are not followed either (cli imports errors only to catch them).
+PRESENTATION = {"core.cli", "core.npm", "core.progress", "live.monitors", "live.settings", "live.visdom_monitor",
+                "live.server", "live.assets", "training.callbacks"}
 # Modules a stage reaches only through a presentation module but whose files are its outputs.
 WRITERS = {"--live": "live.dvclive_monitor"}
 

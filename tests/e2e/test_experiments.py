@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.conftest import copy_project
 from tests.e2e.test_pipeline import METRICS, ran_stages, run, set_params
 
-TRAINING = ["crossval", "train", "evaluate", "plots", "report"]
+TRAINING = ["crossval", "train", "evaluate", "export", "plots", "report"]
 DATA = ["download", "prepare", "normalize"]
 
 

@@ -165,6 +165,6 @@ def test_tta_rows_the_temperature_and_the_confidences_come_from_the_flipped_imag
     assert result.temperature == round(fitted, 6) != round(fitted, 7)
     assert result.temperature != round(fit_temperature(log_probabilities([unsure], train), train.labels), 6)
     confidence = result.predictions["calibrated_confidence"].to_numpy()
-    assert np.array_equal(confidence, confidence.round(4)) and not np.array_equal(confidence, confidence.round(3))
+    assert np.array_equal(confidence, confidence.round(6)) and not np.array_equal(confidence, confidence.round(5))
     bins = result.reliability[["confidence", "accuracy"]].dropna().to_numpy()
     assert np.array_equal(bins, bins.round(6)) and not np.array_equal(bins, bins.round(5))

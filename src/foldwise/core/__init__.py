@@ -4,5 +4,6 @@
 - ``outputs``: atomic writes of stage outputs (a killed stage leaves the previous file);
 - ``errors``: ``UserError``, bad input whose message says what would be valid;
 - ``cli``: a stage's ``main`` run with one-line user errors;
+- ``progress``: progress bars on a terminal, silence in logs;
 - ``npm``: pinned, checksummed browser assets from the npm registry.
 """

@@ -19,9 +19,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from foldwise.core.errors import UserError
+from foldwise.core.progress import progress
 from foldwise.data.archives import check_links, is_archive, open_tree
 from foldwise.data.checksums import CHUNK, md5_mismatch
 from foldwise.data.readers import CSV_NAME
@@ -48,8 +47,8 @@ def _fetch_url(url: str, dest: Path, attempts: int = RESUME_ATTEMPTS) -> None:
                 received = 0  # no resume support: start over
             length = int(response.headers.get("Content-Length") or 0)
             total = received + length if length else None
-            with open(dest, "ab" if received else "wb") as out, tqdm(
-                total=total, initial=received, unit="B", unit_scale=True, desc=Path(url).name, leave=False
+            with open(dest, "ab" if received else "wb") as out, progress(
+                total=total, initial=received, unit="B", unit_scale=True, desc=Path(url).name
             ) as bar:
                 try:
                     while chunk := response.read(CHUNK):
@@ -120,7 +119,7 @@ def download(source: Source, out_dir: str | Path, extra_mirrors: list[str] | Non
     mirrors = [m for m in (extra_mirrors or []) if m] + list(source.mirrors)
     used: dict[str, str] = {}
     errors: list[str] = []
-    for name, md5 in source.files.items():
+    for name, md5 in progress(source.files.items(), desc="download", unit="file"):
         try:
             used[name] = fetch_file(name, md5, mirrors, out_dir)
         except DownloadError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from foldwise.core.progress import progress
 from foldwise.data.archives import DamagedMember
 from foldwise.data.images import MAX_FILE_BYTES, Size, SkipImage, convert_array, decode
 from foldwise.data.layout import CLASSES, MANIFEST, PIXELS
@@ -111,7 +112,7 @@ def _staged_part(files: FileImages, staging: Path, channels: int, size: Size,
     """Decode every file once into ``staging`` (skipping unusable ones); writing is then a rename."""
     staging.mkdir(parents=True, exist_ok=True)  # pragma: no mutate (a fresh folder: exist_ok never matters)
     kept, md5s, first = [], [], None  # md5s[j] is of the image kept[j]
-    for i, name in enumerate(files.names):
+    for i, name in enumerate(progress(files.names, desc="decode", unit="img")):
         if files.tree.files.get(name, 0) > MAX_FILE_BYTES:  # the size listed: nothing read
             skipped.append((name, "too large"))
             continue
@@ -218,7 +219,7 @@ def prepare(
         pixels: list[np.ndarray] | None = []  # None: not kept (staged files, or too large)
         # Sequential on purpose: measured faster than threads or processes on 2
         # cores for 28x28 images (the GIL and process start-up cost more than they save).
-        for i in idx:
+        for i in progress(idx, desc=f"prepare {split}", unit="img"):
             label = int(part.labels[i])
             rel = f"{split}/{dirs[label]}/{origin}-{i:05d}.png"
             md5, image = part.write(i, out_dir / rel)

@@ -65,7 +65,8 @@ class Assessment:
     """What evaluate measured and chose. ``rows``: one per predictor (name, accuracy, macro_f1, nll,
     ece), the model used last, temperature-scaled; ``used``: e.g. ``ensemble+tta``; ``why``: one
     sentence; ``metrics``: the used model's classification metrics; ``predictions``: per test image
-    index, actual, predicted and calibrated_confidence; ``reliability``: the ECE bins before and after."""
+    index, actual, predicted and calibrated_confidence; ``reliability``: the ECE bins before and after;
+    ``members`` and ``flip``: the model used (the final model or the fold models, mirrored or not)."""
 
     used: str
     why: str
@@ -76,6 +77,8 @@ class Assessment:
     predictions: pd.DataFrame
     reliability: pd.DataFrame
     notes: list[str]
+    members: list[nn.Module]
+    flip: bool
 
 
 def _choose(choice: bool | str, fold_models: list[nn.Module], paired: dict[str, Any] | None,
@@ -124,7 +127,8 @@ def assess(single: nn.Module, fold_models: list[nn.Module], test: BatchSource, v
             test_lp[f"{name}+tta"] = log_probabilities(m, test, flip=True)
             rows[f"{name}+tta"] = score(test_lp[f"{name}+tta"], y, classes)
         used += "+tta"
-    temperature = fit_temperature(log_probabilities(members, valid, flip), valid.labels.cpu())
+    # rounded before use: the temperature recorded (comparison.json, the predictor) is the one applied
+    temperature = round(fit_temperature(log_probabilities(members, valid, flip), valid.labels.cpu()), 6)
     calibrated = scale(test_lp[used], temperature)
     rows[f"{used}, T={temperature:.3f}"] = score(calibrated, y, classes)
     table = [{"name": name, **row} for name, row in rows.items()]
@@ -132,8 +136,8 @@ def assess(single: nn.Module, fold_models: list[nn.Module], test: BatchSource, v
     names = pd.Series(classes)
     predictions = pd.DataFrame({"index": range(len(y)), "actual": names[y.numpy()].to_numpy(),
                                 "predicted": names[predicted.numpy()].to_numpy(),
-                                "calibrated_confidence": calibrated.max(1).values.exp().numpy().round(4)})
+                                "calibrated_confidence": calibrated.max(1).values.exp().numpy().round(6)})
     bins = pd.concat([reliability(test_lp[used].exp(), y).assign(probabilities="uncalibrated"),
                       reliability(calibrated.exp(), y).assign(probabilities="calibrated")])
     metrics = classification_metrics(y.numpy(), predicted.numpy(), classes)
-    return Assessment(used, why, table, paired, round(temperature, 6), metrics, predictions, bins.round(6), notes)
+    return Assessment(used, why, table, paired, temperature, metrics, predictions, bins.round(6), notes, members, flip)

@@ -1,0 +1,140 @@
+"""The images to classify: files, folders (recursively), zip/tar archives and CSVs of paths, in order.
+
+Each input becomes ``Item``s: a name for the output row, and either a way to read the file's bytes
+(capped at prepare's ``MAX_FILE_BYTES``) or the reason it is skipped. A symbolic link in a folder
+is followed only when it stays inside that folder: one that leaves it, dangles or names a folder
+is listed with its own reason and never opened. Nothing is read until a batch needs it, so a
+folder larger than memory streams.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from foldwise.core.errors import UserError
+from foldwise.data.archives import READ_ERRORS, DamagedMember, is_archive, open_tree
+from foldwise.data.images import MAX_FILE_BYTES, SkipImage
+
+# Reasons of our own, beside prepare's (data.images.REASONS): files predict will not open.
+LINK_OUT = "link outside the folder"
+LINK_BROKEN = "broken link"
+LINK_DIR = "link to a folder"
+UNREADABLE = "unreadable"  # permissions, a vanished file: the OS error is in the detail
+PATH_COLUMN = "path"  # a CSV input lists its images in this column (or its only column)
+
+
+@dataclass
+class Item:
+    """One row of the output: ``name`` as the user will recognise it, and ``read`` (the bytes, at
+    most ``MAX_FILE_BYTES`` + 1; ``SkipImage`` when unusable) or ``reason`` (skipped without reading)."""
+
+    name: str
+    read: Callable[[], bytes] | None = None
+    reason: str = ""
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_FILE_BYTES:
+                    raise SkipImage("too large", f"{size} bytes, more than {MAX_FILE_BYTES}")
+                return f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise SkipImage(UNREADABLE, exc.strerror or str(exc)) from None
+    return read
+
+
+def _link_reason(path: Path, inside: Path) -> str:
+    """'' when the link ``path`` may be followed (a file inside ``inside``), else why not."""
+    target = path.resolve()
+    if not target.is_relative_to(inside):
+        return LINK_OUT
+    if not target.exists():
+        return LINK_BROKEN
+    return LINK_DIR if target.is_dir() else ""
+
+
+def _folder(root: Path) -> Iterator[Item]:
+    inside = root.resolve()
+    for folder, dirnames, filenames in os.walk(root):  # never follows a link to a folder
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(dirnames + filenames):
+            path = Path(folder) / name
+            if name in dirnames and not path.is_symlink():
+                continue
+            if name.startswith("."):
+                continue
+            reason = _link_reason(path, inside) if path.is_symlink() else ""
+            yield Item(str(path), reason=reason) if reason else Item(str(path), _read_file(path))
+
+
+def _archive(path: Path) -> Iterator[Item]:
+    try:
+        tree = open_tree(path)
+    except (ValueError, *READ_ERRORS) as exc:  # unsafe (links, '..'), or not readable at all
+        yield Item(str(path), reason="corrupt" if not isinstance(exc, ValueError) else f"refused archive: {exc}")
+        return
+    with tree:
+        for name, size in list(tree.files.items()):
+            if size > MAX_FILE_BYTES:
+                yield Item(f"{path}/{name}", reason="too large")
+                continue
+            yield Item(f"{path}/{name}", _read_member(tree, name))
+
+
+def _read_member(tree, name: str) -> Callable[[], bytes]:  # noqa: ANN001 - a FileTree
+    def read() -> bytes:
+        try:
+            return tree.read(name, MAX_FILE_BYTES)
+        except DamagedMember as exc:  # bad CRC or compression: prepare's reason too
+            raise SkipImage("corrupt", str(exc)) from None
+    return read
+
+
+def _csv(path: Path) -> Iterator[Item]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise UserError(f"{path}: an empty CSV; list one image path per row, under a header '{PATH_COLUMN}'")
+    header = [h.strip() for h in rows[0]]
+    if PATH_COLUMN in header:
+        column, body = header.index(PATH_COLUMN), rows[1:]
+    elif len(header) == 1:
+        column, body = 0, rows[1:] if not Path(path.parent / header[0]).exists() else rows
+    else:
+        raise UserError(f"{path}: no '{PATH_COLUMN}' column among {header}; name the column of image paths "
+                        f"'{PATH_COLUMN}'")
+    for row in body:
+        if len(row) <= column or not row[column].strip():
+            continue
+        image = Path(row[column].strip())
+        image = image if image.is_absolute() else path.parent / image  # relative to the CSV, as prepare reads
+        yield from _one(image, top=False)
+
+
+def _one(path: Path, top: bool) -> Iterator[Item]:
+    if path.is_dir():
+        yield from _folder(path)
+    elif not path.exists() and not path.is_symlink():
+        if top:
+            raise UserError(f"{path} does not exist; give image files, folders, .zip/.tar archives or a CSV of paths")
+        yield Item(str(path), reason="missing")
+    elif top and path.suffix.lower() == ".csv":
+        yield from _csv(path)
+    elif is_archive(path):
+        yield from _archive(path)
+    else:
+        yield Item(str(path), _read_file(path))
+
+
+def collect(inputs: list[str | Path]) -> Iterator[Item]:
+    """Every image of ``inputs`` (files, folders, archives, CSVs of paths) as ``Item``s, in order;
+    a ``UserError`` for an input that does not exist."""
+    for given in inputs:
+        yield from _one(Path(given), top=True)
