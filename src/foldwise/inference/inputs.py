@@ -80,12 +80,13 @@ def _archive(path: Path) -> Iterator[Item]:
     except (ValueError, *READ_ERRORS) as exc:  # unsafe (links, '..'), or not readable at all
         yield Item(str(path), reason="corrupt" if not isinstance(exc, ValueError) else f"refused archive: {exc}")
         return
-    with tree:
-        for name, size in list(tree.files.items()):
-            if size > MAX_FILE_BYTES:
-                yield Item(f"{path}/{name}", reason="too large")
-                continue
-            yield Item(f"{path}/{name}", _read_member(tree, name))
+    # left open: its members are read a window later, after this generator has moved on (the file
+    # handle goes with the last item that refers to it)
+    for name, size in list(tree.files.items()):
+        if size > MAX_FILE_BYTES:
+            yield Item(f"{path}/{name}", reason="too large")
+            continue
+        yield Item(f"{path}/{name}", _read_member(tree, name))
 
 
 def _read_member(tree, name: str) -> Callable[[], bytes]:  # noqa: ANN001 - a FileTree

@@ -1,0 +1,86 @@
+"""The ONNX export: the whole predictor in one graph that onnxruntime runs to within 1e-4 of torch, for
+every model in the registry; a model the exporter cannot translate is one line naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from foldwise.core.errors import UserError
+from foldwise.core.params import Params
+from foldwise.inference.export import META, TOLERANCE, check_parity, export_onnx, onnx_log_probs, open_session
+from foldwise.inference.predictor import Predictor
+from foldwise.training.models import MODELS, build_model
+from tests.conftest import CLASSES
+from tests.inference.conftest import STATS
+
+
+def random_images(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_graph_is_the_predictor_with_its_metadata(tmp_path, predictor):
+    export_onnx(predictor, tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["probabilities"]
+    session, summary = open_session(tmp_path / "m.onnx")
+    assert summary == predictor.summary() and summary["input"]["size"] == 12
+    images = random_images(37, predictor.shape)  # a batch size the example never had
+    result = check_parity(session, predictor, [images[:30], images[30:]])
+    assert result["images"] == result["argmax_agree"] == 37 and result["passed"]
+    assert result["max_abs_probability_difference"] <= TOLERANCE
+    probabilities = onnx_log_probs(session, images).exp()
+    assert torch.allclose(probabilities.sum(1), torch.ones(37, dtype=torch.float64), atol=1e-5)
+    # flips, both members and the temperature are inside: any one left out is told apart
+    for changed in (dataclasses.replace(predictor, flip=False), dataclasses.replace(predictor, temperature=1.0),
+                    dataclasses.replace(predictor, members=predictor.members[:1])):
+        assert not check_parity(session, changed, [images])["passed"]
+    assert META in {p.key for p in model.metadata_props}
+
+
+# torchvision's networks take 1 to 11 s each to export: slow (make test runs them, make quick does not)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if entry.pretrained else [])
+                                  for n, entry in MODELS.items()])
+def test_every_registry_model_exports_and_agrees(tmp_path, name):
+    shape = (3, 32, 32)
+    p = dataclasses.replace(Params(), model=name)
+    member = build_model(shape, len(CLASSES), p).eval()
+    predictor = Predictor([member], True, 0.9, CLASSES, {"mean": [0.3] * 3, "std": [0.3] * 3}, shape, 32, "single+tta",
+                          p.to_dict())
+    export_onnx(predictor, tmp_path / f"{name}.onnx", name)
+    session, _ = open_session(tmp_path / f"{name}.onnx")
+    assert check_parity(session, predictor, [random_images(4, shape)])["passed"]
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot trace it into a graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x.flatten(1)[:, :3]
+        return -x.flatten(1)[:, :3]
+
+
+def test_a_model_the_exporter_cannot_translate_is_one_line_naming_it(tmp_path):
+    model = DataDependent().eval()
+    model.register_parameter("w", nn.Parameter(torch.zeros(1)))  # the predictor reads its device from one
+    predictor = Predictor([model], False, 1.0, CLASSES, STATS, (1, 4, 4), 4, "single", {})
+    with pytest.raises(UserError) as info:
+        export_onnx(predictor, tmp_path / "m.onnx", "mynet")
+    message = str(info.value)
+    assert message.startswith("model 'mynet' cannot be exported to ONNX (") and "\n" not in message
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path):
+    for path, text in ((tmp_path / "none.onnx", "is missing"), (tmp_path / "junk.onnx", "is not a foldwise ONNX")):
+        if "junk" in path.name:
+            path.write_bytes(b"junk")
+        with pytest.raises(UserError, match=text) as info:
+            open_session(path)
+        assert "\n" not in str(info.value)

@@ -1,0 +1,98 @@
+"""The predictor evaluate writes: what it holds, that it predicts as evaluate does, and that a missing
+or damaged one is refused with the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from foldwise.core.errors import UserError
+from foldwise.data.batches import Preloaded
+from foldwise.data.normalize import to_inputs
+from foldwise.inference.predictor import CARD, FILE, RECORD, input_size, load_predictor, save_predictor
+from foldwise.reporting.calibration import scale
+from foldwise.training.ensemble import assess, log_probabilities
+from foldwise.training.final import train_final
+from tests.conftest import CLASSES, make_images
+from tests.inference.conftest import STATS, final_checkpoint, make_members
+
+
+def test_the_folder_holds_the_file_its_sha256_and_the_card(predictor_dir):
+    record = json.loads((predictor_dir / RECORD).read_text())
+    assert record["sha256"] == hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
+    assert record["used"] == "ensemble+tta" and record["members"] == 2 and record["test_time_flips"] is True
+    assert record["temperature"] == 0.8 and record["classes"] == CLASSES
+    assert record["input"]["channels"] == 1 and record["input"]["size"] == 12
+    assert record["input"]["mean"] == STATS["mean"] and "shorter side to 12" in record["input"]["resize"]
+    assert (predictor_dir / CARD).read_text() == "# Model card\nensemble+tta\n"
+
+
+def test_log_probs_are_evaluates_arithmetic(predictor, small_params):
+    hwc = make_images(20)[0]
+    images = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in hwc]))  # N x C x H x W, standard strides
+    members = make_members(small_params)
+    expected = scale(log_probabilities(members, Preloaded(to_inputs(images, STATS, torch.device("cpu"))), True), 0.8)
+    assert torch.equal(predictor.log_probs(images), expected)
+    plain = scale(log_probabilities(members, Preloaded(to_inputs(images, STATS, torch.device("cpu")))), 0.8)
+    assert not torch.equal(predictor.log_probs(images), plain)  # the flips are in
+    # one channel permuted from H x W x C counts as contiguous with other strides, on which convolutions
+    # may round differently: the predictor takes it as evaluate's standard layout
+    odd = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+    assert odd.stride() != images.stride() and torch.equal(odd, images)
+    assert torch.equal(predictor.log_probs(odd), expected)
+    with pytest.raises(ValueError, match=r"images are \(3, 12, 12\), the predictor takes \(1, 12, 12\)"):
+        predictor.log_probs(images.repeat(1, 3, 1, 1))
+
+
+def test_the_saved_predictor_is_the_one_assess_chose_and_scores(tmp_path, tiny_params):
+    images, labels = make_images(150)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels)
+    data = Preloaded(to_inputs(x, STATS, torch.device("cpu")), y)
+    train, valid, test = data.subset(np.arange(90)), data.subset(np.arange(90, 120)), data.subset(np.arange(120, 150))
+    p = dataclasses.replace(tiny_params, conv_channels=[4, 8])
+    folds = [train_final(train.subset(np.arange(k, 90, 2)), valid, 3, p, "baseline")[0].eval() for k in (0, 1)]
+    single = train_final(train, valid, 3, p, "baseline")[0].eval()
+    result = assess(single, folds, test, valid, CLASSES, True, True, True)
+    assert result.used == "ensemble+tta" and result.members == folds and result.flip
+    save_predictor(tmp_path / "p", result.members, result.flip, result.temperature, result.used, final_checkpoint(p))
+    got = load_predictor(tmp_path / "p").log_probs(x[120:])
+    assert [CLASSES[i] for i in got.argmax(1)] == list(result.predictions["predicted"])
+    assert np.array_equal(got.max(1).values.exp().numpy().round(6), result.predictions["calibrated_confidence"])
+
+
+def test_input_size_follows_prepare_or_the_models_shape():
+    assert input_size(0, (1, 28, 28)) == 28  # kept size: shorter side, then centre crop, as prepare would
+    assert input_size(0, (3, 20, 30)) == (20, 30)
+    assert input_size(64, (3, 64, 64)) == 64
+    assert input_size([10, 12], (3, 10, 12)) == (10, 12)
+
+
+def test_a_damaged_missing_or_foreign_predictor_is_one_line_naming_the_file_and_the_fix(predictor_dir, tmp_path):
+    def refused(folder) -> str:
+        with pytest.raises(UserError) as info:
+            load_predictor(folder)
+        assert "\n" not in str(info.value) and "dvc repro evaluate" in str(info.value)
+        return str(info.value)
+
+    assert "no predictor there" in refused(tmp_path / "nowhere")
+    data = bytearray((predictor_dir / FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (predictor_dir / FILE).write_bytes(bytes(data))
+    message = refused(predictor_dir)
+    assert f"{predictor_dir / FILE} is damaged" in message and "dvc checkout" in message
+    (predictor_dir / RECORD).write_text("{not json")
+    assert f"{predictor_dir / RECORD}: not a foldwise predictor record" in refused(predictor_dir)
+    (predictor_dir / FILE).unlink()
+    (predictor_dir / RECORD).write_text(json.dumps({"sha256": "0" * 64}))
+    assert f"{predictor_dir / FILE}: cannot be read" in refused(predictor_dir)
+    foreign = torch.nn.Linear(2, 2).state_dict()
+    torch.save(foreign, predictor_dir / FILE)
+    sha = hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
+    (predictor_dir / RECORD).write_text(json.dumps({"sha256": sha}))
+    assert "is not a usable foldwise predictor" in refused(predictor_dir)
