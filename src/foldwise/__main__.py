@@ -4,4 +4,5 @@ import sys
 
 from foldwise.inference.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # decoding processes import this module again (as __mp_main__): run once
+    sys.exit(main())

@@ -78,10 +78,32 @@ def test_artifacts_get_fetches_a_registered_version_of_the_predictor_and_onnx(di
     for name in ("predictor", "onnx"):
         run(digits_copy, "git", "tag", "-a", f"{name}@v1.0.0", "-m", f"the digits reference {name}")
     run(user, "dvc", "artifacts", "get", str(digits_copy), "predictor", "-o", "predictor")
-    run(user, "dvc", "artifacts", "get", str(digits_copy), "onnx", "-o", "model.onnx")
+    run(user, "dvc", "artifacts", "get", str(digits_copy), "onnx", "--rev", "v1.0.0", "-o", "model.onnx")
     assert sorted(p.name for p in (user / "predictor").iterdir()) == ["MODEL_CARD.md", "predictor.json", "predictor.pt"]
     assert (user / "model.onnx").read_bytes() == (digits_copy / "models/model.onnx").read_bytes()
     image = next((digits_copy / "data/prepared/test").rglob("*.png"))
     rows = run(user, "foldwise", "predict", str(image), "--predictor", "predictor").stdout
     onnx_rows = run(user, "foldwise", "predict", str(image), "--onnx", "model.onnx").stdout
     assert rows.splitlines()[1].split(",")[1] == onnx_rows.splitlines()[1].split(",")[1] != ""
+
+
+def test_the_speed_benchmark_writes_every_table(digits_reference, tmp_path):
+    """benchmarks/predict.py in a reduced mode on the digits project, so that it cannot rot."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "predict.md"
+    subprocess.run([sys.executable, "benchmarks/predict.py", "--predictor", str(digits_reference / "models/predictor"),
+                    "--onnx", str(digits_reference / "models/model.onnx"), "--prepared",
+                    str(digits_reference / "data/prepared"), "--rounds", "1", "--photos", "20", "--out", str(out)],
+                   cwd=root, check=True, timeout=600, capture_output=True)
+    text = out.read_text()
+    found = re.findall(r"^\| ([^|]+?) \| [\d.]+ \| [\d,]+ \| ([\d.]+) \|$", text, re.M)
+    rows = dict(found)
+    assert len(found) == 11 and {"--workers 0", "1 process", "evaluate's batch path", "predict, torch",
+                                 "predict, ONNX"} < set(rows)
+    assert re.search(r"^\| --workers [1-9]\d* \|", text, re.M) and re.search(r"^\| [1-9]\d* processes \|", text, re.M)
+    assert text.count("| path | median s | images/s |") == 5 and "Machine: " in text
+    assert rows["evaluate's batch path"] == "1.00"

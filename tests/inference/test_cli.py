@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import tarfile
 import zipfile
@@ -18,7 +19,8 @@ from PIL import Image
 
 from foldwise.data.images import decode
 from foldwise.inference.cli import main
-from foldwise.inference.inputs import LINK_BROKEN, LINK_DIR, LINK_OUT
+from foldwise.inference.inputs import LINK_BROKEN, LINK_DIR, LINK_OUT, collect
+from foldwise.inference.predict import predict_items
 from foldwise.inference.predictor import FILE
 from tests.conftest import CLASSES, jpeg_bytes
 
@@ -123,17 +125,28 @@ def test_archives_and_csvs_of_paths(tmp_path, predictor_dir):
     assert len(same) == 3 and len({(r["predicted"], r["probability"]) for r in same}) == 1
 
 
-def test_many_images_through_worker_processes_give_the_rows_of_one_process(tmp_path, predictor_dir):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(90):  # above SERIAL_BELOW: a pool of decoding processes starts
-        (folder / f"{i:03d}.png").write_bytes(encode(photo((20, 16), i)))
-    (folder / "bad.png").write_bytes(b"\x89PNG broken")
-    for workers in ("0", "2"):
-        assert main(["predict", str(folder), "--predictor", str(predictor_dir), "--workers", workers,
-                     "--out", str(tmp_path / f"w{workers}.csv")]) == 0
-    assert (tmp_path / "w0.csv").read_text() == (tmp_path / "w2.csv").read_text()
-    assert rows_of(tmp_path / "w2.csv")[str(folder / "bad.png")]["skipped"] == "corrupt"
+def test_decoding_moves_to_worker_processes_when_it_pays_and_gives_the_same_rows(tmp_path, predictor):
+    photos, icons = tmp_path / "photos", tmp_path / "icons"
+    for folder in (photos, icons):
+        folder.mkdir()
+    for i in range(40):  # decoding a 600 x 450 JPEG takes milliseconds: a pool of processes pays
+        (photos / f"{i:03d}.jpg").write_bytes(encode(photo((600, 450), i).resize((600, 450)), "JPEG"))
+    (photos / "bad.jpg").write_bytes(b"\xff\xd8\xff broken")
+    for i in range(40):  # a 20 x 16 PNG decodes in microseconds: shipping it to a process costs more
+        (icons / f"{i:03d}.png").write_bytes(encode(photo((20, 16), i)))
+
+    def rows(folder: Path, workers: int) -> tuple[list[dict], int]:
+        stream = predict_items(collect([folder]), predictor.log_probs, predictor.classes, predictor.channels,
+                               predictor.size, workers=workers)
+        first = next(stream)  # the first window is decoded: the pool, if any, is running
+        children = len(multiprocessing.active_children())
+        return [first, *stream], children
+
+    serial, none = rows(photos, 0)
+    pooled, two = rows(photos, 2)
+    assert none == 0 and two == 2 and pooled == serial
+    assert serial[-1]["skipped"] == "corrupt" and serial[0]["predicted"] in CLASSES
+    assert rows(icons, 2)[1] == 0
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing input", "damaged predictor", "no predictor", "top-k"])

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from foldwise.core.errors import UserError
 from foldwise.data.archives import READ_ERRORS, DamagedMember, is_archive, open_tree
-from foldwise.data.images import MAX_FILE_BYTES, SkipImage
+from foldwise.data.images import MAX_FILE_BYTES, Size, SkipImage, decode
 
 # Reasons of our own, beside prepare's (data.images.REASONS): files predict will not open.
 LINK_OUT = "link outside the folder"
@@ -132,6 +134,19 @@ def _one(path: Path, top: bool) -> Iterator[Item]:
         yield from _archive(path)
     else:
         yield Item(str(path), _read_file(path))
+
+
+def decode_job(job: tuple[bytes | None, str], channels: int, size: Size) -> np.ndarray | str:
+    """Pixels of one file (its bytes, or None and the reason it was skipped), or why it is skipped:
+    a decoding process's task. Here, not beside the model: a process that imports this module
+    imports Pillow and NumPy, not torch (a second or two per process)."""
+    data, reason = job
+    if data is None:
+        return reason
+    try:
+        return decode(data, channels, size)
+    except SkipImage as skip:
+        return skip.reason
 
 
 def collect(inputs: list[str | Path]) -> Iterator[Item]:

@@ -1,37 +1,32 @@
 """Classify many images: decode in worker processes, batch, run the model, one row per image.
 
 Items are taken a window at a time (``WINDOW`` images), so memory stays bounded however large the
-input; within a window, the files are decoded by a process pool (Pillow holds the GIL), then the
-model runs on batches of the decoded images. A file that cannot be used gets a row with its reason
-instead of a prediction: one bad file never stops the rest.
+input; the files of a window are decoded, then the model runs on them. Decoding moves to a pool of
+processes (Pillow holds the GIL) when it is slow enough to pay for shipping bytes and pixels between
+processes: photos, not the 28 x 28 PNGs of a prepared split (benchmarks/predict.md measures both).
+A file that cannot be used gets a row with its reason instead of a prediction: one bad file never
+stops the rest.
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from foldwise.data.images import Size, SkipImage, decode
-from foldwise.inference.inputs import Item
+from foldwise.data.images import Size, SkipImage
+from foldwise.inference.inputs import Item, decode_job
 
 WINDOW = 1024  # images decoded, then predicted, at a time: about 3 MB of 28x28 pixels, 150 MB of 224x224 RGB
-SERIAL_BELOW = 64  # fewer images than this are decoded in this process: starting workers costs more
-
-
-def _decode(job: tuple[bytes | None, str], channels: int, size: Size) -> np.ndarray | str:
-    """Pixels of one file, or the reason it is skipped (a worker's task: plain values in and out)."""
-    data, reason = job
-    if data is None:
-        return reason
-    try:
-        return decode(data, channels, size)
-    except SkipImage as skip:
-        return skip.reason
+PROBE = 16  # images decoded here first, timed, to decide whether a pool pays
+# Decoding time per image above which the pool is used. Measured (benchmarks/predict.md): a 28x28
+# PNG decodes in well under 0.1 ms and is several times slower through a pool; a photo takes milliseconds.
+POOL_ABOVE_S = 1e-3
 
 
 def _bytes(item: Item) -> tuple[bytes | None, str]:
@@ -74,16 +69,24 @@ def predict_items(items: Iterable[Item], model: Callable[[torch.Tensor], torch.T
                   progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
     """Rows for ``items``, in their order: ``model`` maps uint8 N x C x H x W images to calibrated
     log-probabilities; decoding (``channels``, ``size``: prepare's conversion) runs in ``workers``
-    processes (0: here). ``progress(n)`` is told of every ``n`` images done."""
-    work = functools.partial(_decode, channels=channels, size=size)
-    pool = None
+    processes when it is slow enough to pay (0: always here). ``progress(n)`` is told of every ``n``
+    images done."""
+    work = functools.partial(decode_job, channels=channels, size=size)
+    pool, decided = None, not workers
     try:
         for window in _windows(items, WINDOW):
             jobs = [_bytes(item) for item in window]  # reading stays here: archives are not shared
-            if workers and pool is None and len(window) >= SERIAL_BELOW:
-                # forkserver: the workers start clean, without the torch threads of this process
-                pool = multiprocessing.get_context("forkserver").Pool(workers)
-            decoded = pool.map(work, jobs, chunksize=16) if pool else [work(job) for job in jobs]
+            decoded: list[np.ndarray | str] = []
+            if not decided and len(jobs) > PROBE:
+                started = time.perf_counter()
+                decoded = [work(job) for job in jobs[:PROBE]]
+                decided = True
+                if (time.perf_counter() - started) / PROBE > POOL_ABOVE_S:
+                    # fork, as torch's DataLoader workers on Linux: they start in milliseconds, and only
+                    # run Pillow and NumPy (decode_job), never torch, whose threads they do not inherit
+                    pool = multiprocessing.get_context("fork").Pool(workers)
+            rest = jobs[len(decoded):]
+            decoded += pool.map(work, rest, chunksize=4) if pool else [work(job) for job in rest]
             good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
             rows: dict[int, dict[str, Any]] = {}
             if good:
