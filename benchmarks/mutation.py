@@ -136,6 +136,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "equal accuracies mean as many images right only for one as only for the other: McNemar's p is 1",
     ("training/engine.py", r"set_to_none=(None|False)"):
         "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
+    ("training/model_files.py", r'dataclasses\.replace\(p, pretrained=(None|False), (pretrained_path=(None|""|"XXXX"))?\)'):
+        "with pretrained off (None is as false), build_model never reads pretrained_path",
+    ("data/batches.py", r"os\.environ\.get\(WORKERS_ENV, (None)?\)"):
+        "an unset variable read as None instead of '': both are false, so the CPU count decides",
+    ("reporting/calibration.py", r"torch\.bucketize\(confidence\.cpu\(\), edges\[1:-1\], \)"):
+        "torch.bucketize's right defaults to False, the value given",
+    ("training/model_files.py", r'def x__restore__mutmut_orig\(path: str \| Path, stage: str = "(XXtrainXX|TRAIN)"\)'):
+        "every caller of _restore names the stage: the default is never used",
 }
 
 

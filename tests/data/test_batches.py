@@ -158,3 +158,60 @@ def test_streaming_leaves_torchs_global_random_stream_alone(prepared):
     state = torch.get_rng_state()
     batches = list(streamed.batches(torch.randperm(len(streamed), generator=torch.Generator().manual_seed(0)), 16))
     assert len(batches) == 8 and torch.equal(torch.get_rng_state(), state)
+
+
+def test_without_the_variable_workers_are_the_cpus_up_to_four(monkeypatch):
+    monkeypatch.delenv("FOLDWISE_WORKERS", raising=False)
+    for cpus, workers in ((1, 1), (2, 2), (4, 4), (8, 4), (None, 1)):  # None: the OS cannot tell
+        monkeypatch.setattr("os.cpu_count", lambda cpus=cpus: cpus)
+        assert default_workers() == workers
+
+
+class _PidFiles:
+    """The prepared files, each read noting which process decoded it (in ``log``)."""
+
+    def __init__(self, files, log):
+        self.files, self.log = files, log
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import os
+
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return self.files[i]
+
+    @property
+    def shape(self):
+        return self.files.shape
+
+    @property
+    def pixels(self):
+        return None
+
+
+def test_chunks_come_from_the_array_when_there_else_from_workers_decoding_the_files(prepared, tmp_path, monkeypatch):
+    import os
+
+    from foldwise.data.batches import uint8_chunks
+    from foldwise.data.layout import PIXELS
+
+    files = split_files(prepared, "train")
+    assert files.pixels is not None
+    decoded = torch.cat(list(uint8_chunks(files, workers=0)))
+    # the array is what is read when there: a marked copy of it shows through
+    marked = np.load(files.pixels)
+    marked[0, 0, 0, 0] ^= 0xFF
+    np.save(prepared / PIXELS.format(split="train"), marked)
+    assert torch.cat(list(uint8_chunks(files, workers=0)))[0, 0, 0, 0] == marked[0, 0, 0, 0]
+    # one image a chunk when the chunk size is below one image, none lost
+    assert [len(c) for c in uint8_chunks(files, pixels=1, workers=0)] == [1] * len(files)
+    # without the array, the files are decoded: by the given worker processes, FOLDWISE_WORKERS aside
+    monkeypatch.setenv("FOLDWISE_WORKERS", "not a number")
+    log = tmp_path / "pids.txt"
+    chunks = list(uint8_chunks(_PidFiles(files, log), pixels=10 * 3 * 12 * 12, workers=2))  # 12 chunks of 10
+    assert torch.equal(torch.cat(chunks), decoded)
+    pids = set(log.read_text().split())
+    assert str(os.getpid()) not in pids and len(pids) == 2

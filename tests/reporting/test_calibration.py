@@ -75,3 +75,10 @@ def test_bin_edges_are_exact_in_float64():
     probs = torch.tensor([[0.6 + 1e-8, 0.4 - 1e-8], [0.6, 0.4]], dtype=torch.float64)
     table = reliability(probs, torch.tensor([0, 0]))
     assert table.loc[table["count"] > 0, "bin"].tolist() == [8, 9]
+
+
+def test_the_reliability_table_has_named_bounds_and_integer_counts():
+    table = reliability(torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=torch.float64), torch.tensor([1, 1]), bins=4)
+    assert list(table.columns[:3]) == ["bin", "lower", "upper"] and "count" in table.columns
+    assert table["lower"].tolist() == [0.0, 0.25, 0.5, 0.75] and table["upper"].tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert table["count"].dtype.kind == "i" and table["count"].tolist() == [0, 0, 1, 1]

@@ -238,3 +238,15 @@ def test_settings_errors_say_what_is_valid_word_for_word(monkeypatch):
     monkeypatch.setenv("FOLDWISE_RAY", "local")
     monkeypatch.setenv("FOLDWISE_RAY_CPUS", "2")
     assert ray_from_env() == RaySettings("local", 2.0, None)  # the process's environment by default
+
+
+def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from foldwise.training.fanout import _check_installed
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what Python does for a package that is not there
+    with pytest.raises(UserError) as error:
+        _check_installed()
+    assert str(error.value) == ("FOLDWISE_RAY is set but Ray is not installed; install it with "
+                                "`pip install -e '.[ray]'` (in this project's .venv), or unset FOLDWISE_RAY")

@@ -228,3 +228,31 @@ def test_a_model_file_never_needs_the_imagenet_file_its_training_started_from(tm
     loaded, checkpoint = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
     assert checkpoint["params"]["pretrained"] is True  # the file says how it was trained
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_fold_record_keeps_compares_order_and_exact_entries(tmp_path, tiny_stats, tiny_params):
+    """folds.json lists the variants in ``compare``'s order (not the alphabet's), each fold as exactly
+    {fold, file, sha256}, indented for a reader of the file."""
+    p = dataclasses.replace(tiny_params, compare=("l2", "baseline"), fold_models="all")
+    state = build_model((1, 12, 12), 3, p).state_dict()
+    weights = {("baseline", 1): state, ("l2", 1): state, ("baseline", 0): state, ("l2", 0): state}
+    save_fold_models(tmp_path / "folds", weights, p, ["a", "b", "c"], tiny_stats, (1, 12, 12), "kept: all")
+    text = (tmp_path / "folds" / "folds.json").read_text()
+    record = json.loads(text)
+    assert text == json.dumps(record, indent=2) + "\n"
+    assert list(record["variants"]) == ["l2", "baseline"]
+    for variant, entries in record["variants"].items():
+        assert [sorted(e) for e in entries] == [["file", "fold", "sha256"]] * 2
+        assert [(e["fold"], e["file"]) for e in entries] == [(k, f"{variant}/fold{k}.pt") for k in (0, 1)]
+        for e in entries:
+            assert e["sha256"] == hashlib.sha256((tmp_path / "folds" / e["file"]).read_bytes()).hexdigest()
+
+
+def test_a_file_torch_cannot_read_is_named_with_torchs_own_first_line(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not a model file at all")
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, torch.device("cpu"))
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a readable foldwise model (UnpicklingError: Weights only load failed.")
+    assert "\n" not in message and "no detail" not in message

@@ -269,3 +269,20 @@ def test_clearing_in_a_users_folder_leaves_every_folder_foldwise_did_not_make(tm
     (user / "crossval" / "k").rmdir()
     Checkpoints("crossval", "k", root=user).clear()  # the stage folder: empty, unmarked
     assert (user / "crossval").is_dir()
+
+
+def test_a_key_that_cannot_be_read_is_skipped_and_pruning_goes_on(tmp_path):
+    """A key whose files vanish mid-stat (here: a dangling link) is skipped; every other stale key is
+    still pruned, wherever the unreadable one comes in the folder's order. Each key says who made it."""
+    stage = tmp_path / "crossval"
+    old = time.time() - 8 * 86400
+    names = [f"stale{i:02d}" for i in range(20)]
+    for name in [*names, "vanishing"]:
+        Checkpoints("crossval", name, tmp_path).save("run000", {"done": False})
+        assert (stage / name / MARKER).read_text() == "made by foldwise: deleted once its run finishes\n"
+    os.symlink(stage / "gone.pt", stage / "vanishing" / "run001.pt")
+    for name in [*names, "vanishing"]:
+        for path in (stage / name, stage / name / "run000.pt"):
+            os.utime(path, (old, old))
+    Checkpoints("crossval", "new", tmp_path)
+    assert sorted(p.name for p in stage.iterdir()) == [MARKER, "vanishing"]
