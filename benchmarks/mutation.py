@@ -138,6 +138,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
     ("training/model_files.py", r'dataclasses\.replace\(p, pretrained=(None|False), (pretrained_path=(None|""|"XXXX"))?\)'):
         "with pretrained off (None is as false), build_model never reads pretrained_path",
+    ("training/crossval.py", r'v\.detach\(\)\.to\(((None, )?copy=True|"cpu", (copy=False)?)\)'):
+        "device placement on a CPU-only machine; and the run's model is dropped once its weights are taken, "
+        "so nothing writes the tensors a view would share",
     ("data/batches.py", r"os\.environ\.get\(WORKERS_ENV, (None)?\)"):
         "an unset variable read as None instead of '': both are false, so the CPU count decides",
     ("reporting/calibration.py", r"torch\.bucketize\(confidence\.cpu\(\), edges\[1:-1\], \)"):

@@ -287,3 +287,15 @@ def test_the_kept_fold_models_are_the_chosen_variants_when_that_is_not_the_basel
     kept, note = keep_fold_models(three, "l2", weights)
     assert {key: w["w"].item() for key, w in kept.items()} == {("l2", 0): 2.0, ("l2", 1): 3.0}
     assert note == "fold_models: chosen (crossval keeps the fold models of crossval's chosen variant, l2)"
+
+
+def test_a_run_returns_its_weights_unless_no_fold_models_are_kept(tiny_set, tiny_stats, tiny_params):
+    from foldwise.training.crossval import RunSpec, train_run
+
+    data = Preloaded(to_inputs(tiny_set.images, tiny_stats, torch.device("cpu")), tiny_set.labels)
+    fold = make_folds(tiny_set.labels.numpy(), 2, tiny_params.seed)[0]
+    spec = RunSpec(0, "baseline", 0)
+    kept = train_run(data, 3, tiny_params, spec, fold)[2]
+    assert isinstance(kept, dict) and all(t.device.type == "cpu" for t in kept.values())
+    assert set(kept) == set(build_model((1, 12, 12), 3, tiny_params).state_dict())
+    assert train_run(data, 3, dataclasses.replace(tiny_params, fold_models="none"), spec, fold)[2] is None
