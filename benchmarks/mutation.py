@@ -141,6 +141,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/crossval.py", r'v\.detach\(\)\.to\(((None, )?copy=True|"cpu", (copy=False)?)\)'):
         "device placement on a CPU-only machine; and the run's model is dropped once its weights are taken, "
         "so nothing writes the tensors a view would share",
+    ("training/fanout.py", r"have\.get\('CPU', (None|1)?\):g\} CPUs"):
+        "every Ray cluster reports its CPUs: the default for a missing entry is never used",
+    ("training/fanout.py", r'ray\.init\(address="local", (include_dashboard=(None|True), )?\*\*self\.init_kwargs\)|'
+                           r'if s\.address == "(XXlocalXX|LOCAL)":'):
+        "Ray is installed without its dashboard (the [default] extra): include_dashboard starts nothing either way",
     ("data/batches.py", r"os\.environ\.get\(WORKERS_ENV, (None)?\)"):
         "an unset variable read as None instead of '': both are false, so the CPU count decides",
     ("reporting/calibration.py", r"torch\.bucketize\(confidence\.cpu\(\), edges\[1:-1\], \)"):

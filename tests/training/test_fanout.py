@@ -83,8 +83,20 @@ class Order(Monitor):
         self.events.append(("fold", row["variant"], row["fold"]))
 
 
+def console_lines(fanout: RayFanout, compared: tuple[str, ...], folds: int = 2) -> list[str]:
+    """The line the driver prints for each finished run: where it ran (and its GPUs, when it had some)."""
+    runs = [(v, f) for v in compared for f in range(folds)]
+    lines = []
+    for name, w in sorted(fanout.placements.items()):
+        variant, fold = runs[int(name.removeprefix("run"))]
+        gpu = f", CUDA_VISIBLE_DEVICES={w['cuda_visible_devices']}" if fanout.gpus > 0 else ""
+        lines.append(f"{variant} fold {fold}: ran on {w['host']} (node {w['node'][:8]}, pid {w['pid']}, "
+                     f"{w['device']}{gpu})")
+    return lines
+
+
 @pytest.mark.slow
-def test_ray_crossval_gives_the_sequential_tables_bit_for_bit(local_ray, tiny_set, tiny_stats, tiny_params):
+def test_ray_crossval_gives_the_sequential_tables_bit_for_bit(local_ray, tiny_set, tiny_stats, tiny_params, capsys):
     """2 workers x 1 thread each vs one process at 1 thread; the monitor sees the sequential order."""
     p = dataclasses.replace(tiny_params, epochs=3)
     on_ray = Order()
@@ -99,6 +111,9 @@ def test_ray_crossval_gives_the_sequential_tables_bit_for_bit(local_ray, tiny_se
     runs = [(v, f) for v in p.compared for f in range(2)]
     assert [e[1:] for e in order if e[0] == "fold"] == runs  # in the sequential order, whatever finished first
     assert [e[1:3] for e in order if e[0] == "epoch"] == [r for r in runs for _ in range(3)]
+    printed = capsys.readouterr().err.splitlines()
+    assert len(console_lines(fanout, p.compared)) == 6 and set(console_lines(fanout, p.compared)) <= set(printed)
+    assert "CUDA_VISIBLE_DEVICES" not in "".join(printed)
 
 
 def _without_seconds(rows: list[dict]) -> list[dict]:
@@ -153,7 +168,7 @@ def test_describe_names_the_cluster_and_each_runs_share(local_ray):
 
 @pytest.mark.slow
 def test_concurrent_runs_on_logical_gpus_see_distinct_cuda_visible_devices(local_ray, tiny_set, tiny_stats,
-                                                                          tiny_params):
+                                                                          tiny_params, capsys):
     p = dataclasses.replace(tiny_params, epochs=3)
     with RayFanout(RaySettings("local", cpus=1, gpus=1)) as fanout:
         assert fanout.device_type == "cuda"
@@ -164,6 +179,8 @@ def test_concurrent_runs_on_logical_gpus_see_distinct_cuda_visible_devices(local
                    if a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlapping  # two GPUs, six runs: some ran at the same time...
     assert all(a["cuda_visible_devices"] != b["cuda_visible_devices"] for a, b in overlapping)  # ...never on one
+    printed = capsys.readouterr().err.splitlines()
+    assert set(console_lines(fanout, p.compared)) <= set(printed) and ", CUDA_VISIBLE_DEVICES=" in "".join(printed)
 
 
 @pytest.mark.slow
