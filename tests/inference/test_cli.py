@@ -167,3 +167,18 @@ def test_what_cannot_be_predicted_is_one_line_and_exit_1(tmp_path, predictor_dir
     assert {"empty folder": "no files in", "missing input": "nope.png does not exist",
             "damaged predictor": "is damaged", "no predictor": "no predictor there",
             "top-k": "--top-k 0"}[case] in err
+
+
+def test_a_csv_without_a_path_column_is_one_line_and_a_single_column_works_with_or_without_header(
+        tmp_path, predictor_dir, capsys):
+    (tmp_path / "a.png").write_bytes(encode(photo((14, 14))))
+    (tmp_path / "plain.csv").write_text("a.png\na.png\n")
+    (tmp_path / "headed.csv").write_text("image\na.png\n")
+    (tmp_path / "wide.csv").write_text("file,label\na.png,x\n")
+    for name, rows in (("plain.csv", 2), ("headed.csv", 1)):
+        assert main(["predict", str(tmp_path / name), "--predictor", str(predictor_dir),
+                     "--out", str(tmp_path / "p.csv")]) == 0
+        assert len(rows_of(tmp_path / "p.csv")) == 1 and len((tmp_path / "p.csv").read_text().splitlines()) == rows + 1
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "wide.csv"), "--predictor", str(predictor_dir)]) == 1
+    assert "no 'path' column among ['file', 'label']; name the column of image paths 'path'" in capsys.readouterr().err

@@ -101,24 +101,25 @@ def _read_member(tree, name: str) -> Callable[[], bytes]:  # noqa: ANN001 - a Fi
 
 
 def _csv(path: Path) -> Iterator[Item]:
+    """The images a CSV lists: its ``path`` column, or its only column (with or without a header),
+    relative to the CSV's folder; read row by row, so a list of millions streams too."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise UserError(f"{path}: an empty CSV; list one image path per row, under a header '{PATH_COLUMN}'")
-    header = [h.strip() for h in rows[0]]
-    if PATH_COLUMN in header:
-        column, body = header.index(PATH_COLUMN), rows[1:]
-    elif len(header) == 1:
-        column, body = 0, rows[1:] if not Path(path.parent / header[0]).exists() else rows
-    else:
-        raise UserError(f"{path}: no '{PATH_COLUMN}' column among {header}; name the column of image paths "
-                        f"'{PATH_COLUMN}'")
-    for row in body:
-        if len(row) <= column or not row[column].strip():
-            continue
-        image = Path(row[column].strip())
-        image = image if image.is_absolute() else path.parent / image  # relative to the CSV, as prepare reads
-        yield from _one(image, top=False)
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise UserError(f"{path}: an empty CSV; list one image path per row, under a header '{PATH_COLUMN}'")
+        if PATH_COLUMN in header:
+            column, first = header.index(PATH_COLUMN), []
+        elif len(header) == 1:  # one column: its first row is a header unless it names a file
+            column, first = 0, [header] if (path.parent / header[0]).exists() else []
+        else:
+            raise UserError(f"{path}: no '{PATH_COLUMN}' column among {header}; name the column of image "
+                            f"paths '{PATH_COLUMN}'")
+        for row in (*first, *reader) if first else reader:
+            if len(row) <= column or not row[column].strip():
+                continue
+            image = Path(row[column].strip())
+            yield from _one(image if image.is_absolute() else path.parent / image, top=False)
 
 
 def _one(path: Path, top: bool) -> Iterator[Item]:
