@@ -9,6 +9,7 @@ run every test that trains, the DDP and Ray ones included.
     make mutation                                       # install mutmut, run it afresh, write benchmarks/mutation.md
     .venv/bin/python -m benchmarks.mutation --resume    # continue an interrupted run
     .venv/bin/python -m benchmarks.mutation --survivors # after adding tests: re-test what the last run left alive
+    .venv/bin/python -m benchmarks.mutation --outside   # then: tests that start torchrun, against what is left
     .venv/bin/python -m benchmarks.mutation --report    # only summarise the last run
     .venv/bin/mutmut show <mutant>                      # the diff of one mutant
 
@@ -36,6 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "mutation.md"
 MUTANTS = ROOT / "mutants" / "src" / "foldwise"
 TIMES = ROOT / "mutants" / "run-seconds.json"  # how long the last run took: {"full": s, "survivors": s}
+# Code that runs only in processes a test starts (torchrun's ranks): mutmut picks a mutant's tests by
+# what ran in the test's own process, so it never runs these against the mutants. ``--outside``
+# applies each mutant of these modules left alive to a scratch copy of the project (``mutmut apply``)
+# and runs the tests named here there: one that fails kills it. Verdicts in OUTSIDE_RESULTS.
+OUTSIDE: dict[str, list[str]] = {"training/final.py": ["tests/training/test_ddp.py"]}
+OUTSIDE_RESULTS = ROOT / "mutants" / "outside.json"
 # mutmut's statuses (mutmut.stats.status_by_exit_code), plus ours for the equivalent ones
 KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
 
@@ -146,6 +153,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/fanout.py", r'ray\.init\(address="local", (include_dashboard=(None|True), )?\*\*self\.init_kwargs\)|'
                            r'if s\.address == "(XXlocalXX|LOCAL)":'):
         "Ray is installed without its dashboard (the [default] extra): include_dashboard starts nothing either way",
+    ("training/final.py", r"torch\.manual_seed\(p\.seed - RANK_SEED_STEP \* group\.rank\)"):
+        "the per-rank seed only has to differ between ranks (each its own dropout masks): minus does as plus",
+    ("training/final.py", r"build_model\(train\.shape, num_classes, vp\)\.to\(None\)"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
     ("data/batches.py", r"os\.environ\.get\(WORKERS_ENV, (None)?\)"):
         "an unset variable read as None instead of '': both are false, so the CPU count decides",
     ("reporting/calibration.py", r"torch\.bucketize\(confidence\.cpu\(\), edges\[1:-1\], \)"):
@@ -183,7 +194,42 @@ def results() -> dict[str, dict[str, str]]:
             raise SystemExit(f"{meta} not found: run `make mutation` (mutmut run) first")
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         out[name] = {key: status_by_exit_code[code] for key, code in codes.items()}
+    outside = json.loads(OUTSIDE_RESULTS.read_text()) if OUTSIDE_RESULTS.is_file() else {}
+    for statuses in out.values():
+        for key, status in statuses.items():
+            if status in (SURVIVED, NO_TESTS) and outside.get(key) == KILLED:
+                statuses[key] = KILLED  # by a test's own subprocesses (check_outside)
     return out
+
+
+def check_outside() -> dict[str, str]:
+    """Run ``OUTSIDE``'s tests against each alive mutant of its modules, applied to a scratch copy of
+    the tracked files (and mutants/); record killed / survived per mutant in ``OUTSIDE_RESULTS``."""
+    import tempfile
+
+    verdicts = json.loads(OUTSIDE_RESULTS.read_text()) if OUTSIDE_RESULTS.is_file() else {}
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    alive = [(name, mutant) for name, statuses in results().items() if name in OUTSIDE
+             for mutant, status in statuses.items()
+             if status in (SURVIVED, NO_TESTS) and not equivalent(name, diff_of(mutant))]
+    for module, mutant in alive:
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = Path(tmp)
+            for name in filter(None, tracked.stdout.split("\0")):
+                (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, scratch / name)
+            shutil.copytree(ROOT / "mutants", scratch / "mutants")
+            subprocess.run([sys.executable, "-m", "mutmut", "apply", mutant], cwd=scratch, check=True,
+                           capture_output=True)
+            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                   *OUTSIDE[module]], cwd=scratch, capture_output=True, text=True, timeout=900,
+                                  env={**os.environ, "PYTHONPATH": str(scratch / "src")})
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"{mutant}: pytest exited {done.returncode}\n{done.stdout[-2000:]}")
+        verdicts[mutant] = KILLED if done.returncode == 1 else SURVIVED
+        print(f"{mutant}: {verdicts[mutant]}", flush=True)
+        OUTSIDE_RESULTS.write_text(json.dumps(verdicts, indent=2) + "\n")
+    return verdicts
 
 
 def score(statuses: dict[str, str]) -> tuple[Counter, float]:
@@ -252,6 +298,12 @@ def write_report(times: dict[str, float]) -> int:
         again = (f"; then {times['survivors'] / 60:.0f} min re-testing the mutants it left alive, once the tests "
                  f"that kill them were added (`--survivors`)" if "survivors" in times else "")
         lines += [f"Run time: {times['full'] / 60:.0f} min (`mutmut run`, {os.cpu_count()} CPUs){again}.", ""]
+    outside = json.loads(OUTSIDE_RESULTS.read_text()) if OUTSIDE_RESULTS.is_file() else {}
+    if outside:
+        killed = sum(v == KILLED for v in outside.values())
+        lines += [f"Killed outside mutmut's view: {killed} of the {len(outside)} mutants left alive in "
+                  f"{', '.join(f'`{m}`' for m in OUTSIDE)}, by {', '.join(sorted({t for ts in OUTSIDE.values() for t in ts}))} "
+                  "(their code runs only in the processes those tests start; `--outside`).", ""]
     lines += [f"## Mutants alive ({len(alive)})", ""]
     for mutant, diff in alive:
         lines += [f"- `{mutant}`", "", "```diff", diff, "```", ""]
@@ -284,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the last run instead of starting afresh")
     parser.add_argument("--survivors", action="store_true",
                         help="after adding tests: re-test only the mutants the last run left alive")
+    parser.add_argument("--outside", action="store_true",
+                        help="run the tests that start subprocesses (OUTSIDE) against the mutants left alive")
     args = parser.parse_args(argv)
     times = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
-    if not args.report:
+    if args.outside:
+        check_outside()
+    elif not args.report:
         if not (args.resume or args.survivors):
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
             times = {}
@@ -297,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         names = alive_names() if args.survivors else []
         if not args.survivors or names:
             _mutmut(env, *names)
+        check_outside()  # what mutmut cannot see: the DDP branch under torchrun
         times[key] = times.get(key, 0.0) + time.perf_counter() - started
         TIMES.write_text(json.dumps(times))
     alive = write_report(times)

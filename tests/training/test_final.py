@@ -56,3 +56,10 @@ def test_interrupted_final_training_resumes_to_the_same_model(tmp_path, tiny_set
 
     assert strip(result.history) == strip(whole_result.history)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_padding_too_large_for_the_images_stops_before_training(tiny_set, tiny_stats, tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)  # 12 x 12 images: 11 pixels at most
+    p = dataclasses.replace(tiny_params, augment=True, augment_padding=12)
+    with pytest.raises(ValueError, match=r"^augment_padding: 12 is too large for 12x12 images; valid: 0 to 11 pixels$"):
+        train_final(train, valid, 3, p, "baseline")
