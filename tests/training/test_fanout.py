@@ -267,3 +267,13 @@ def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
         _check_installed()
     assert str(error.value) == ("FOLDWISE_RAY is set but Ray is not installed; install it with "
                                 "`pip install -e '.[ray]'` (in this project's .venv), or unset FOLDWISE_RAY")
+
+
+@pytest.mark.slow
+def test_each_run_holds_the_cpus_it_asks_for(local_ray, tiny_set, tiny_stats, tiny_params):
+    """Two CPUs per run on a two-CPU Ray: one run at a time, never two side by side."""
+    p = dataclasses.replace(tiny_params, compare=("baseline",))
+    with RayFanout(RaySettings("local", cpus=2, gpus=0)) as fanout:
+        run_crossval(arrays(tiny_set, tiny_stats), 3, p, fanout=fanout)
+    places = sorted(fanout.placements.values(), key=lambda w: w["start"])
+    assert len(places) == 2 and places[0]["end"] <= places[1]["start"]
