@@ -25,7 +25,7 @@ from foldwise.inference.inputs import Item, decode_job
 WINDOW = 1024  # images decoded, then predicted, at a time: about 3 MB of 28x28 pixels, 150 MB of 224x224 RGB
 PROBE = 16  # images decoded here first, timed, to decide whether a pool pays
 # Decoding time per image above which the pool is used. Measured (benchmarks/predict.md): a 28x28
-# PNG decodes in well under 0.1 ms and is several times slower through a pool; a photo takes milliseconds.
+# PNG decodes in under 0.1 ms and gains nothing from a pool; a photo takes milliseconds and does.
 POOL_ABOVE_S = 1e-3
 
 
