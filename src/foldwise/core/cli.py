@@ -18,10 +18,10 @@ USER_ERRORS = (UserError, ValueError, FileNotFoundError)
 DEBUG_ENV = "FOLDWISE_DEBUG"
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; print ``error: ...`` and exit 1 on a user error.
+def report_user_errors(main: Callable[[], None]) -> int:
+    """Run ``main``; on a user error print ``error: ...`` (one line, no traceback) and return 1, else 0.
 
-    Set FOLDWISE_DEBUG=1 to get the full traceback instead.
+    Set FOLDWISE_DEBUG=1 to get the full traceback instead. Stages and console scripts share it.
     """
     try:
         main()
@@ -29,6 +29,13 @@ def run_stage(main: Callable[[], None]) -> None:
         if os.environ.get(DEBUG_ENV):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; exit 1 after a user error's one line (``report_user_errors``)."""
+    if report_user_errors(main):
         sys.exit(1)
 
 

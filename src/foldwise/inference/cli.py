@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import IO, Any
 
-from foldwise.core.cli import DEBUG_ENV, USER_ERRORS
+from foldwise.core.cli import report_user_errors
 from foldwise.core.errors import UserError
 
 DEFAULT_PREDICTOR = "models/predictor"
@@ -98,7 +98,8 @@ def predict_command(args: argparse.Namespace) -> None:
         raise UserError(f"no files in {', '.join(args.inputs)}; give image files, folders with images, archives "
                         f"or a CSV of paths")
     with progress(unit="img", desc="predict") as bar:
-        rows = predict_items(_chain(first, items), model, classes, channels, size, args.top_k, workers, bar.update)
+        rows = predict_items(itertools.chain([first], items), model, classes, channels, size, args.top_k, workers,
+                             bar.update)
         columns = _columns(len(classes), args.top_k)
         if args.out == "-":
             counts = _write(rows, sys.stdout, args.json, columns)
@@ -111,22 +112,10 @@ def predict_command(args: argparse.Namespace) -> None:
           + ("" if args.out == "-" else f"; rows in {args.out}"), file=sys.stderr)
 
 
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
-
-
 def main(argv: list[str] | None = None) -> int:
     """The ``foldwise`` console script; user errors are one line on stderr and exit status 1."""
     args = _parser().parse_args(argv)
-    try:
-        predict_command(args)
-    except USER_ERRORS as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return report_user_errors(lambda: predict_command(args))
 
 
 if __name__ == "__main__":

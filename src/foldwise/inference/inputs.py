@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from foldwise.core.errors import UserError
-from foldwise.data.archives import READ_ERRORS, DamagedMember, is_archive, open_tree
+from foldwise.data.archives import READ_ERRORS, DamagedMember, FileTree, is_archive, open_tree
 from foldwise.data.images import MAX_FILE_BYTES, Size, SkipImage, decode
 
 # Reasons of our own, beside prepare's (data.images.REASONS): files predict will not open.
@@ -65,13 +65,11 @@ def _link_reason(path: Path, inside: Path) -> str:
 def _folder(root: Path) -> Iterator[Item]:
     inside = root.resolve()
     for folder, dirnames, filenames in os.walk(root):  # never follows a link to a folder
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(dirnames + filenames):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # hidden: not inputs, as in prepare
+        for name in sorted(dirnames + [f for f in filenames if not f.startswith(".")]):
             path = Path(folder) / name
             if name in dirnames and not path.is_symlink():
-                continue
-            if name.startswith("."):
-                continue
+                continue  # a real folder: walked, not listed
             reason = _link_reason(path, inside) if path.is_symlink() else ""
             yield Item(str(path), reason=reason) if reason else Item(str(path), _read_file(path))
 
@@ -91,7 +89,7 @@ def _archive(path: Path) -> Iterator[Item]:
         yield Item(f"{path}/{name}", _read_member(tree, name))
 
 
-def _read_member(tree, name: str) -> Callable[[], bytes]:  # noqa: ANN001 - a FileTree
+def _read_member(tree: FileTree, name: str) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
             return tree.read(name, MAX_FILE_BYTES)
