@@ -13,6 +13,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 RAY_STAMP := $(VENV)/.installed-ray
 DATASET_DIR := /usr/share/datasets/fashion-mnist
+NEED_GB := 8
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # DVC runs `python stages/...`: it must be the venv's python.
@@ -95,7 +96,11 @@ browser:
 
 # Visdom's page assets come from the npm registry (pinned, sha512-checked),
 # so its server never downloads at start.
+# torch's wheels need about 7 GB in .venv plus room to unpack them: say so before pip fails midway.
 $(STAMP): pyproject.toml constraints.txt | system
+	@[ -d $(VENV)/lib/python3.11/site-packages/torch ] || { \
+	  free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  [ "$$free" -ge $(NEED_GB) ] || { echo "error: $$free GB free on the disk of $(CURDIR); installing needs about $(NEED_GB) GB (torch). Free some space (old clones, pip's cache) and run make again." >&2; exit 1; }; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(BIN)/foldwise-visdom install-assets
