@@ -4,6 +4,9 @@
 # make audit  - do the tests bite? planted bugs and mutation testing (about three hours on 2 cores; not in CI)
 # make bench  - the benchmarks' full runs, which rewrite benchmarks/*.md (hours; not in CI)
 # make visdom - start the live view on http://127.0.0.1:8097 (offline; see README)
+# make push   - share outputs, the run-cache and experiments through the DVC remote (docs/sharing.md)
+# make pull   - restore what the DVC remote holds (make run does it first when a remote is configured)
+# make compare - the experiments side by side, in 120 columns (dvc exp show)
 # Both create (or reuse) the virtual environment .venv/ in the repo.
 
 SHELL := /bin/bash
@@ -23,13 +26,16 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # Telemetry cannot reach its server offline; don't try.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test quick lint audit mutation bench visdom system browser clean
+.PHONY: run test quick lint audit mutation bench visdom system browser sshd push pull compare clean
 
 PLOTS_TEMPLATE := .foldwise/plots/offline.html
 
 # dvc status first: per stage, what differs from dvc.lock (in a fresh clone: outputs
 # not in DVC's cache yet), i.e. why it will run; stages it does not list are reused.
+# With a DVC remote configured, what it holds is restored first (`foldwise pull` says which stages);
+# a remote that fails is one line, and the stages then run here.
 run: $(STAMP) $(PLOTS_TEMPLATE)
+	@$(BIN)/foldwise pull || echo "(running here what could not be pulled)"
 	@echo "== dvc status: what changed since dvc.lock (stages not listed are reused) =="
 	@dvc status
 	dvc repro
@@ -38,7 +44,7 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 # the 20 slowest tests are printed last, so a test that grows slow is seen.
 # Two pytest-xdist workers, a module's tests in order on one of them: most e2e time is single-threaded
 # (Python start-up, DVC), so two modules side by side use both cores (tests/conftest.py)
-test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser lint
+test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser sshd lint
 	$(BIN)/pytest -n 2 --dist loadfile --durations=20
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
@@ -85,6 +91,28 @@ system:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$need; \
 	  else echo "warning: no apt-get; not installing$$need" >&2; fi; \
 	fi
+
+# Debian's OpenSSH server: the sharing tests start one on 127.0.0.1 as an SSH remote.
+sshd:
+	@[ -x /usr/sbin/sshd ] || { \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian package: openssh-server"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q openssh-server; \
+	  else echo "warning: no apt-get; install OpenSSH's server yourself (the sharing tests need it)" >&2; fi; }
+
+# Sharing through a DVC remote (docs/sharing.md). push also sends the experiments to git's origin, if any.
+push: $(STAMP)
+	$(BIN)/foldwise push $$(git remote get-url origin >/dev/null 2>&1 && echo --git-remote origin)
+
+pull: $(STAMP)
+	$(BIN)/foldwise pull
+
+# `dvc exp show` lists ~140 columns (every code and data dependency, 46 params, 20 metrics): this keeps
+# the experiment, the chosen variant, the headline metrics and the params that differ (docs/iterating.md).
+# More rows or another order: make compare ARGS="-A --sort-by test.accuracy"
+COMPARE_DROP := (src|stages|data|models|reports)/|variants\.|.*_std$$|valid_loss|test\.loss|.*ece_before|Created|.*macro_f1|.*mcnemar|best_epoch|epochs_run
+compare: $(STAMP)
+	@dvc exp show --no-pager --only-changed --drop '$(COMPARE_DROP)' $(ARGS)
 
 # Debian's Chromium: the tests load the live view in a real headless browser.
 browser:

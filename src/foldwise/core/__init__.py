@@ -5,5 +5,6 @@
 - ``errors``: ``UserError``, bad input whose message says what would be valid;
 - ``cli``: a stage's ``main`` run with one-line user errors;
 - ``progress``: progress bars on a terminal, silence in logs;
-- ``npm``: pinned, checksummed browser assets from the npm registry.
+- ``npm``: pinned, checksummed browser assets from the npm registry;
+- ``remote``: ``foldwise pull`` / ``push``, outputs and the run-cache shared through a DVC remote.
 """

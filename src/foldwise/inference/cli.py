@@ -42,7 +42,20 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: 3)")
     predict.add_argument("--workers", type=int, default=None,
                          help="decoding processes (default: FOLDWISE_WORKERS or min(4, CPUs); 0 = none)")
+    pull = commands.add_parser("pull", help="restore from the DVC remote what it holds (outputs, run-cache)",
+                               description=remote_doc())
+    pull.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
+    push = commands.add_parser("push", help="share outputs, the run-cache and experiments through the DVC remote",
+                               description=remote_doc())
+    push.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
+    push.add_argument("--git-remote", help="also push the experiments to this git remote (dvc exp push)")
     return parser
+
+
+def remote_doc() -> str:
+    from foldwise.core import remote
+
+    return (remote.__doc__ or "").split("\n\n")[0]
 
 
 def _columns(classes: int, top_k: int) -> list[str]:
@@ -115,6 +128,15 @@ def predict_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The ``foldwise`` console script; user errors are one line on stderr and exit status 1."""
     args = _parser().parse_args(argv)
+    if args.command in ("pull", "push"):
+        from foldwise.core import remote
+
+        status = [0]
+
+        def share() -> None:
+            status[0] = remote.main(args.command, args.remote, getattr(args, "git_remote", None))
+
+        return report_user_errors(share) or status[0]
     return report_user_errors(lambda: predict_command(args))
 
 
