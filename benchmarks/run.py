@@ -75,6 +75,13 @@ OTHER_BENCHMARKS = [
     "workflow (a fresh clone reproducing the committed results, the run-cache, the queue), about an hour;",
     "- `.venv/bin/python -m benchmarks.planted_bugs`: planted bugs the suite must catch, "
     "[planted_bugs.md](planted_bugs.md);",
+    "- `.venv/bin/python benchmarks/scale_out.py --out benchmarks/scale_out.md`: crossval in one process vs on "
+    "Ray, the final training in 1 vs 2 DDP processes, and runs per GPU on a CUDA machine, "
+    "[scale_out.md](scale_out.md);",
+    "- `.venv/bin/python benchmarks/predict.py --out benchmarks/predict.md`: `foldwise predict` and its model "
+    "step (torch and ONNX) against evaluate's batch path, [predict.md](predict.md);",
+    "- `.venv/bin/python benchmarks/sharing.py --out benchmarks/sharing.md`: a fresh clone's run with a "
+    "populated DVC remote vs without, [sharing.md](sharing.md);",
     "- `make mutation`: mutation testing of the modules that decide results, [mutation.md](mutation.md);",
     "- `.venv/bin/python benchmarks/live_overhead.py` (the live view's cost to training, as paired ratios) and "
     "`.venv/bin/python benchmarks/ingest.py` (prepare on photo-sized JPEGs, streaming against preloading) "
