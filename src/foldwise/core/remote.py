@@ -171,12 +171,12 @@ def _outputs_made_from(repo, md5s: set[str]) -> list[Any]:
 
 
 def _remove(path: str | Path) -> None:
+    """Delete a file, link or folder if it is there (DVC's read-only cache files included)."""
     p = Path(path)
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.chmod(0o644) if not p.is_symlink() else None
-        p.unlink()
+    else:
+        p.unlink(missing_ok=True)
 
 
 @contextmanager
