@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +27,7 @@ from foldwise.core.errors import UserError
 from foldwise.core.outputs import atomic_dir
 from foldwise.core.params import parse_params
 from foldwise.data.batches import Preloaded
-from foldwise.data.images import BACKGROUND, Size, decode
+from foldwise.data.images import BACKGROUND, Size
 from foldwise.data.normalize import to_inputs
 from foldwise.reporting.calibration import scale
 from foldwise.training.ensemble import log_probabilities
@@ -72,10 +71,6 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return next(self.members[0].parameters()).device
-
-    def preprocess(self, data: bytes) -> np.ndarray:
-        """Image file bytes as H x W x C uint8, as prepare converts them; ``SkipImage`` when unusable."""
-        return decode(data, self.channels, self.size)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated log-probabilities (float64, CPU) of uint8 N x C x H x W images: evaluate's
