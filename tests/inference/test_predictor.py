@@ -13,6 +13,7 @@ import torch
 
 from foldwise.core.errors import UserError
 from foldwise.data.batches import Preloaded
+from foldwise.data.images import BACKGROUND
 from foldwise.data.normalize import to_inputs
 from foldwise.inference.predictor import CARD, FILE, RECORD, input_size, load_predictor, save_predictor
 from foldwise.reporting.calibration import scale
@@ -27,8 +28,10 @@ def test_the_folder_holds_the_file_its_sha256_and_the_card(predictor_dir):
     assert record["sha256"] == hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
     assert record["used"] == "ensemble+tta" and record["members"] == 2 and record["test_time_flips"] is True
     assert record["temperature"] == 0.8 and record["classes"] == CLASSES
-    assert record["input"]["channels"] == 1 and record["input"]["size"] == 12
-    assert record["input"]["mean"] == STATS["mean"] and "shorter side to 12" in record["input"]["resize"]
+    assert record["input"] == {"channels": 1, "height": 12, "width": 12, "size": 12,
+                               "resize": "shorter side to 12, then centre crop 12x12", "colour": "greyscale (L)",
+                               "transparency": f"composited onto RGB {list(BACKGROUND)}",
+                               "mean": STATS["mean"], "std": STATS["std"]}
     assert (predictor_dir / CARD).read_text() == "# Model card\nensemble+tta\n"
 
 
