@@ -15,7 +15,7 @@ from foldwise.core.errors import UserError
 from foldwise.data.batches import Preloaded
 from foldwise.data.images import BACKGROUND
 from foldwise.data.normalize import to_inputs
-from foldwise.inference.predictor import CARD, FILE, RECORD, input_size, load_predictor, save_predictor
+from foldwise.inference.predictor import CARD, FILE, FORMAT, RECORD, input_size, load_predictor, save_predictor
 from foldwise.reporting.calibration import scale
 from foldwise.training.ensemble import assess, log_probabilities
 from foldwise.training.final import train_final
@@ -24,8 +24,12 @@ from tests.inference.conftest import STATS, final_checkpoint, make_members
 
 
 def test_the_folder_holds_the_file_its_sha256_and_the_card(predictor_dir):
-    record = json.loads((predictor_dir / RECORD).read_text())
-    assert record["sha256"] == hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
+    text = (predictor_dir / RECORD).read_text()
+    record = json.loads(text)
+    assert text == json.dumps(record, indent=2) + "\n"  # readable in a diff, one key a line
+    data = (predictor_dir / FILE).read_bytes()
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (record["format"], record["file"], record["bytes"]) == (FORMAT, FILE, len(data))
     assert record["used"] == "ensemble+tta" and record["members"] == 2 and record["test_time_flips"] is True
     assert record["temperature"] == 0.8 and record["classes"] == CLASSES
     assert record["input"] == {"channels": 1, "height": 12, "width": 12, "size": 12,
