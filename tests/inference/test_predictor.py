@@ -103,3 +103,17 @@ def test_a_damaged_missing_or_foreign_predictor_is_one_line_naming_the_file_and_
     sha = hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
     (predictor_dir / RECORD).write_text(json.dumps({"sha256": sha}))
     assert "is not a usable foldwise predictor" in refused(predictor_dir)
+
+
+def test_an_rgb_predictor_resized_to_a_fixed_shape_says_so(tmp_path, small_params):
+    """The other branches of the record's input description: three channels, and an [h, w] image_size
+    (prepare stretched every image to exactly that)."""
+    p = dataclasses.replace(small_params, channels=3, image_size=[12, 10])
+    shape = (3, 12, 10)
+    final = {**final_checkpoint(p, shape), "stats": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}}
+    save_predictor(tmp_path / "rgb", make_members(p, 1, shape), False, 1.0, "single", final,
+                   card=lambda summary: "card\n")
+    described = json.loads((tmp_path / "rgb" / RECORD).read_text())["input"]
+    assert (described["channels"], described["height"], described["width"], described["size"]) == (3, 12, 10, [12, 10])
+    assert described["colour"] == "RGB" and described["resize"] == "stretched to exactly 12x10"
+    assert described["mean"] == [0.1, 0.2, 0.3] and described["std"] == [0.4, 0.5, 0.6]
