@@ -75,8 +75,8 @@ def remote_name(repo, name: str | None = None) -> str | None:
     remotes = dict(repo.config.get("remote", {}))
     if name:
         if name not in remotes:
-            known = ", ".join(sorted(remotes)) or "none configured"
-            raise RemoteError(f"no DVC remote named '{name}' (configured: {known}); add one: "
+            known = f"configured: {', '.join(sorted(remotes))}" if remotes else "none is configured"
+            raise RemoteError(f"no DVC remote named '{name}' ({known}); add one: "
                               f"dvc remote add {name} URL ({DOCS})")
         return name
     return repo.config.get("core", {}).get("remote") or None
