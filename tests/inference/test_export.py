@@ -84,3 +84,15 @@ def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path):
         with pytest.raises(UserError, match=text) as info:
             open_session(path)
         assert "\n" not in str(info.value)
+
+
+def test_onnxruntime_runs_on_cuda_when_it_can_and_always_falls_back_to_the_cpu():
+    import onnxruntime as ort
+
+    from foldwise.inference import export
+
+    available = ort.get_available_providers()
+    chosen = export._providers(ort)
+    assert chosen[-1] == "CPUExecutionProvider" and set(chosen) <= set(available)
+    assert ("CUDAExecutionProvider" in chosen) == ("CUDAExecutionProvider" in available)
+    assert chosen.index("CPUExecutionProvider") == len(chosen) - 1  # CUDA, when there, comes first
