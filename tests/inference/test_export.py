@@ -34,6 +34,8 @@ def test_the_graph_is_the_predictor_with_its_metadata(tmp_path, predictor):
     result = check_parity(session, predictor, [images[:30], images[30:]])
     assert result["images"] == result["argmax_agree"] == 37 and result["passed"]
     assert result["max_abs_probability_difference"] <= TOLERANCE
+    assert list(result) == ["images", "argmax_agree", "max_abs_probability_difference", "tolerance", "passed"]
+    assert result["tolerance"] == TOLERANCE  # reports/export.json says what it was held to
     probabilities = onnx_log_probs(session, images).exp()
     assert torch.allclose(probabilities.sum(1), torch.ones(37, dtype=torch.float64), atol=1e-5)
     # flips, both members and the temperature are inside: any one left out is told apart
