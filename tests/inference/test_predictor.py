@@ -21,6 +21,7 @@ from foldwise.training.ensemble import assess, log_probabilities
 from foldwise.training.final import train_final
 from tests.conftest import CLASSES, make_images
 from tests.inference.conftest import STATS, final_checkpoint, make_members
+from tests.training.test_model_files import _RunsCode
 
 
 def test_the_folder_holds_the_file_its_sha256_and_the_card(predictor_dir):
@@ -103,6 +104,12 @@ def test_a_damaged_missing_or_foreign_predictor_is_one_line_naming_the_file_and_
     sha = hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
     (predictor_dir / RECORD).write_text(json.dumps({"sha256": sha}))
     assert "is not a usable foldwise predictor" in refused(predictor_dir)
+    # a file that would run code when unpickled, with a matching record: refused, and the code never runs
+    torch.save({"format": FORMAT, "params": _RunsCode(str(tmp_path / "ran"))}, predictor_dir / FILE)
+    sha = hashlib.sha256((predictor_dir / FILE).read_bytes()).hexdigest()
+    (predictor_dir / RECORD).write_text(json.dumps({"sha256": sha}))
+    assert "is not a usable foldwise predictor (UnpicklingError: " in refused(predictor_dir)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_an_rgb_predictor_resized_to_a_fixed_shape_says_so(tmp_path, small_params):
