@@ -181,21 +181,14 @@ def _remove(path: str | Path) -> None:
 
 @contextmanager
 def _quiet_dvc():
-    """DVC's own warnings and 'Having any troubles?' footers, and asyncssh's deprecation warnings
-    of DSA keys: ours say it in one line."""
-    import logging
+    """asyncssh's deprecation warnings about DSA keys, printed on every SSH connection, muted for the
+    duration (DVC's own warnings still print: they come through its CLI-style logging)."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*DSA.*")
-    warnings.filterwarnings("ignore", module="asyncssh")
-
-    log = logging.getLogger("dvc")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DSA.*")
+        warnings.filterwarnings("ignore", module="asyncssh")
         yield
-    finally:
-        log.setLevel(level)
 
 
 def pull(root: str | Path = ".", name: str | None = None) -> PullReport | None:
