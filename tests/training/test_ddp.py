@@ -119,9 +119,26 @@ class _OrderLog:
         return self.source.batches(order, sizes)
 
 
+class _Predictions:
+    """A monitor that keeps every epoch's validation predictions (what ``fit`` gathers from the ranks)."""
+
+    wants_steps, wants_predictions = False, True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __getattr__(self, name):  # the hooks this test does not read
+        return lambda *args, **kwargs: None
+
+    def on_predictions(self, tags, labels, predicted) -> None:
+        self.seen.append((labels.clone(), predicted.clone()))
+
+
 def _sgd_fit(group):
     """Two epochs of ``fit`` with plain SGD (no momentum, schedule, dropout or BatchNorm: the DDP claim
-    is then exact) on a small MLP from fixed initial weights: the model, the batch log and the history."""
+    is then exact) on a small MLP from fixed initial weights: the model, the batch log, the history, the
+    validation predictions of each epoch, and the weights of the same run stopped after epoch 1 and
+    resumed from its checkpoint."""
     import dataclasses
 
     from torch import nn
@@ -131,16 +148,24 @@ def _sgd_fit(group):
     from foldwise.data.batches import Preloaded
     from foldwise.training.engine import fit
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-    trained = DistributedDataParallel(model) if group.world > 1 else model
-    data = _OrderLog()
-    g = torch.Generator().manual_seed(4)
-    valid = Preloaded(torch.randn(13, 6, generator=g), torch.randint(0, 3, (13,), generator=g))
-    p = dataclasses.replace(Params(), batch_size=BATCH, epochs=2, optimizer="sgd", lr=0.5, momentum=0.0,
-                            scheduler="none", l1=0.0)
-    result = fit(trained, data, valid, p, seed=7, group=group)
-    return model, data.calls, [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+    def run(epochs, **kwargs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        trained = DistributedDataParallel(model) if group.world > 1 else model
+        data = _OrderLog()
+        g = torch.Generator().manual_seed(4)
+        valid = Preloaded(torch.randn(13, 6, generator=g), torch.randint(0, 3, (13,), generator=g))
+        p = dataclasses.replace(Params(), batch_size=BATCH, epochs=epochs, optimizer="sgd", lr=0.5, momentum=0.0,
+                                scheduler="none", l1=0.0)
+        return model, data, fit(trained, data, valid, p, seed=7, group=group, **kwargs)
+
+    seen = _Predictions()
+    model, data, result = run(2, monitor=seen)
+    states: list[dict] = []
+    run(1, checkpoint=states.append)
+    resumed, _, _ = run(2, resume=states[-1])
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+    return model, data.calls, history, seen.seen, resumed.state_dict()
 
 
 def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
@@ -150,8 +175,9 @@ def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    model, calls, history = _sgd_fit(Group(rank, world))
-    torch.save({"state": model.state_dict(), "calls": calls, "history": history}, f"{out}/rank{rank}.pt")
+    model, calls, history, predictions, resumed = _sgd_fit(Group(rank, world))
+    torch.save({"state": model.state_dict(), "calls": calls, "history": history, "predictions": predictions,
+                "resumed": resumed}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -159,14 +185,16 @@ def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
 def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
     """Every epoch, each rank takes its contiguous slice of every global batch of one shared permutation
     (disjoint, together the whole batch) and weights its loss by its share: after two epochs the
-    weights equal one process's to float tolerance, and so does every history row."""
+    weights equal one process's to float tolerance, and so does every history row; the predictions
+    gathered from the ranks' shares are the whole validation set's, and a run stopped after epoch 1
+    resumes from its checkpoint to the same weights."""
     import torch.multiprocessing as mp
 
     from foldwise.training.ddp import SINGLE
 
     mp.spawn(_ddp_rank, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    model, calls, history = _sgd_fit(SINGLE)
+    model, calls, history, predictions, _ = _sgd_fit(SINGLE)
     assert len(calls) == 2 and all(size == BATCH for _, size in calls)
     assert not torch.equal(calls[0][0], calls[1][0])  # a new permutation every epoch
     for epoch, (order, _) in enumerate(calls):
@@ -182,6 +210,13 @@ def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
             assert mine.keys() == one.keys()
             for key in mine:
                 assert mine[key] == pytest.approx(one[key], abs=1e-6), key
+        # each rank validates its share; the gathered predictions are the whole set's, in order
+        assert len(rank["predictions"]) == 2
+        for (labels, mine), (all_labels, one) in zip(rank["predictions"], predictions):
+            assert torch.equal(labels, all_labels) and torch.equal(mine, one)
+        # stopped after epoch 1 and resumed from its checkpoint (each rank's own streams): the same weights
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(rank["resumed"][name], tensor, rtol=0, atol=1e-6)
 
 
 def test_the_one_process_group_is_the_identity_and_join_refuses_a_wrong_process_count(monkeypatch):
