@@ -124,3 +124,63 @@ def test_an_rgb_predictor_resized_to_a_fixed_shape_says_so(tmp_path, small_param
     assert (described["channels"], described["height"], described["width"], described["size"]) == (3, 12, 10, [12, 10])
     assert described["colour"] == "RGB" and described["resize"] == "stretched to exactly 12x10"
     assert described["mean"] == [0.1, 0.2, 0.3] and described["std"] == [0.4, 0.5, 0.6]
+
+
+def _plant(folder, payload) -> None:
+    """``payload`` saved as the predictor file, with a record whose sha256 matches it."""
+    if isinstance(payload, bytes):
+        (folder / FILE).write_bytes(payload)
+    else:
+        torch.save(payload, folder / FILE)
+    (folder / RECORD).write_text(json.dumps({"sha256": hashlib.sha256((folder / FILE).read_bytes()).hexdigest()}))
+
+
+def test_each_refusal_names_the_cause_and_this_folders_fix_in_its_words(predictor_dir, tmp_path):
+    """The messages word for word: the folder in the fix, the error's type and only its first line."""
+    fix = (f"restore it with `dvc checkout {predictor_dir}` (or `dvc pull {predictor_dir}`), or write it again: "
+           "`dvc repro evaluate`")
+    path, record = predictor_dir / FILE, predictor_dir / RECORD
+
+    def refused(folder=predictor_dir) -> str:
+        with pytest.raises(UserError) as info:
+            load_predictor(folder)
+        return str(info.value)
+
+    nowhere = tmp_path / "nowhere"
+    assert refused(nowhere) == (f"{nowhere}: no predictor there (not a folder); restore it with "
+                                f"`dvc checkout {nowhere}` (or `dvc pull {nowhere}`), or write it again: "
+                                "`dvc repro evaluate`")
+    saved = torch.load(path, weights_only=True)
+    _plant(predictor_dir, {**saved, "format": "foldwise-predictor/9"})
+    assert refused() == (f"{path} is not a usable foldwise predictor (ValueError: format 'foldwise-predictor/9', "
+                         f"this foldwise reads '{FORMAT}'); {fix}")
+    _plant(predictor_dir, b"")  # torch's EOFError has no message
+    assert refused() == f"{path} is not a usable foldwise predictor (EOFError: no detail); {fix}"
+    _plant(predictor_dir, {**saved, "members": [torch.nn.Linear(2, 2).state_dict()]})  # a many-line error
+    assert refused() == (f"{path} is not a usable foldwise predictor (RuntimeError: Error(s) in loading "
+                         f"state_dict for Sequential:); {fix}")
+    _plant(predictor_dir, {**saved, "params": {**saved["params"], "colour": 3}})
+    assert refused().startswith(f"{path} is not a usable foldwise predictor (ParamsError: predictor params: "
+                                "unknown key 'colour'")
+    record.write_text("[]")
+    assert refused() == (f"{record}: not a foldwise predictor record (TypeError: list indices must be integers or "
+                         f"slices, not str); {fix}")
+    record.write_text(json.dumps({"sha256": "0" * 64}))
+    path.unlink()
+    assert refused() == f"{path}: cannot be read (No such file or directory); {fix}"
+
+
+def test_a_predictor_of_imagenet_weights_loads_without_the_imagenet_file(tmp_path):
+    """Trained from ImageNet weights (pretrained: true, pretrained_path where the file was): the saved
+    weights replace them, so loading needs neither the file nor torchvision's cache."""
+    from foldwise.core.params import Params
+
+    p = dataclasses.replace(Params(), model="resnet18", pretrained=True, pretrained_path=str(tmp_path / "gone.pth"),
+                            image_size=32, channels=3)
+    shape = (3, 32, 32)
+    plain = dataclasses.replace(p, pretrained=False, pretrained_path="")
+    final = {**final_checkpoint(p, shape), "stats": {"mean": [0.5] * 3, "std": [0.2] * 3}}
+    assert final["params"]["pretrained"] is True and final["params"]["pretrained_path"].endswith("gone.pth")
+    save_predictor(tmp_path / "p", make_members(plain, 1, shape), False, 1.0, "single", final)
+    loaded = load_predictor(tmp_path / "p")
+    assert loaded.params["pretrained"] is True and len(loaded.members) == 1
