@@ -41,7 +41,8 @@ TIMES = ROOT / "mutants" / "run-seconds.json"  # how long the last run took: {"f
 # what ran in the test's own process, so it never runs these against the mutants. ``--outside``
 # applies each mutant of these modules left alive to a scratch copy of the project (``mutmut apply``)
 # and runs the tests named here there: one that fails kills it. Verdicts in OUTSIDE_RESULTS.
-OUTSIDE: dict[str, list[str]] = {"training/final.py": ["tests/training/test_ddp.py"]}
+OUTSIDE: dict[str, list[str]] = {"training/final.py": ["tests/training/test_ddp.py"],
+                                  "training/engine.py": ["tests/training/test_ddp.py"]}
 OUTSIDE_RESULTS = ROOT / "mutants" / "outside.json"
 # mutmut's statuses (mutmut.stats.status_by_exit_code), plus ours for the equivalent ones
 KILLED, SURVIVED, NO_TESTS, TIMEOUT, EQUIV = "killed", "survived", "no tests", "timeout", "equivalent"
@@ -68,6 +69,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/resume.py", r"^\+\s+return$"): "return instead of break as the loop's last statement",
     ("reporting/metrics.py", r"zero_division=0\)|labels=labels, \)|average=\"macro\", \)"):
         "scikit-learn's default zero_division ('warn') also gives 0, with a warning",
+    ("data/prepare.py", r"progress\((files\.names|idx), (desc=|unit=|\))"):
+        "the progress bar's label and unit: what the console shows while it decodes, never an output",
     ("data/prepare.py", r"channels or 4, size"): "decode converts every channel count but 1 to RGB (images.convert)",
     ("training/engine.py", r'os\.environ\.get\(DEVICE_ENV, "AUTO"\)'): "the value is lower-cased before it is compared",
     (r"training/engine\.py|data/(normalize|batches)\.py", r'\.to\(None\b|\.to\((non_blocking|copy)=|stats_tensors\(stats, None\)|"rng"\], None\)|'
@@ -82,6 +85,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/engine.py", r"^\+\s+dtype = None$|torch\.autocast\(device\.type, (dtype=None, )?enabled="):
         "autocast is off on a CPU (autocast_dtype is None there): CUDA only",
     ("training/engine.py", r"^\+\s+nhwc = None$"): "memory layout: speed, not results",
+    ("training/engine.py", r"^\+\s+if group\.world >= 1:$"):
+        "one process's shard of the validation set is all of it (Group.shard): the same images, the same order",
+    ("training/engine.py", r"Augmenter\(p, seed - RANK_SEED_STEP \* group\.rank\)"):
+        "the per-rank seed only has to differ between ranks (each its own crops): minus does as plus",
+    ("training/engine.py", r'_set_rng_state\(mine\("rng"\), None\)'):
+        "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
     ("training/engine.py", r"if \(p\.l1 > 0\) or True|if p\.l1 >= 0"):
         "adding 0 x the L1 penalty changes neither the loss nor a gradient, only the speed",
     ("reporting/significance.py", r"if n == 1:"):
@@ -143,7 +152,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "equal accuracies mean as many images right only for one as only for the other: McNemar's p is 1",
     ("training/engine.py", r"set_to_none=(None|False)"):
         "every trainable parameter gets a gradient at every step, so zeroed and unset gradients step alike",
-    ("training/model_files.py", r'dataclasses\.replace\(p, pretrained=(None|False), (pretrained_path=(None|""|"XXXX"))?\)'):
+    (r"training/model_files\.py|inference/predictor\.py",
+     r'dataclasses\.replace\(p, pretrained=(None|False), (pretrained_path=(None|""|"XXXX"))?\)'):
         "with pretrained off (None is as false), build_model never reads pretrained_path",
     ("training/crossval.py", r'v\.detach\(\)\.to\(((None, )?copy=True|"cpu", (copy=False)?)\)'):
         "device placement on a CPU-only machine; and the run's model is dropped once its weights are taken, "
@@ -177,6 +187,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/model_files.py", r'def x__restore__mutmut_orig\(path: str \| Path, stage: str = "(XXtrainXX|TRAIN)"\)'):
         "every caller of _restore names the stage: the default is never used",
     ("inference/export.py", r"softmax\(.*, (dim=None)?\)$"): "for a 2-D input torch's implicit softmax dimension is 1",
+    ("inference/predictor.py", r"torch\.empty\(images\.shape, (dtype=None)?\)\.copy_\(images\)"):
+        "a float32 copy holds the same whole numbers 0-255, and normalize converts to float32 first: the same inputs",
     ("inference/export.py", r"worst < TOLERANCE\}"):
         "differs only when the largest difference is 1e-4 to the last bit, which no float32 output lands on",
     (r"inference/(export|predictor)\.py", r"stats_tensors\(predictor\.stats, None\)|model\.to\(None\)|"
@@ -341,9 +353,24 @@ def alive_names() -> list[str]:
             if status in (SURVIVED, NO_TESTS, TIMEOUT) and not equivalent(name, diff_of(mutant))]
 
 
+def _sync_tests() -> None:
+    """Copy tests/, stages/ and params.yaml into mutants/ where they changed: mutmut copies a file only
+    when mutants/ has none, so a test added since the last run would otherwise never run there."""
+    for name in ("tests", "stages", "params.yaml"):
+        source = ROOT / name
+        for path in [source] if source.is_file() else source.rglob("*"):
+            target = ROOT / "mutants" / path.relative_to(ROOT)
+            if path.is_file() and "__pycache__" not in path.parts and (
+                    not target.is_file() or target.read_bytes() != path.read_bytes()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+
 def _mutmut(env: dict[str, str], *names: str) -> None:
     """``mutmut run``: every mutant without a result (new or changed functions), or the ``names`` given
     (mutmut re-tests a named mutant even when it has a result)."""
+    if (ROOT / "mutants").is_dir():
+        _sync_tests()
     done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 1),
                            *names], cwd=ROOT, env=env, check=False)
     if done.returncode != 0:

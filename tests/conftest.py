@@ -80,15 +80,33 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.e2e)
 
 
+# Test modules that compare two paths through the same code, and the modules where those paths differ.
+BOTH_SIDES = {"tests/training/test_fanout.py": {"foldwise.training.fanout"},
+              "tests/training/test_fanout_cluster.py": {"foldwise.training.fanout"},
+              "tests/training/test_ddp.py": {"foldwise.training.ddp", "foldwise.training.final",
+                                             "foldwise.training.engine"},
+              "tests/inference/test_export.py": {"foldwise.inference.export"}}
+
+
 def pytest_collection_modifyitems(config, items):
     """Under mutmut (``make mutation``), cheapest tests first: mutmut runs a mutant's tests with ``-x``
     in the order of a set, so a mutant a 0.1 s test kills could wait on a 26 s DDP test first. Modules
     stay contiguous (their module fixtures are set up once), ordered by their cheapest test; the
-    durations are the ones mutmut measured (``mutants/mutmut-stats.json``). Plain runs are untouched."""
+    durations are the ones mutmut measured (``mutants/mutmut-stats.json``). Plain runs are untouched.
+
+    Tests that compare two paths through the same code (Ray with the sequential loop, torchrun's
+    processes with one process, ONNX with torch) run only against mutants of the module where the two
+    paths differ (``BOTH_SIDES``): elsewhere the mutant is on both sides, and they cost a third of
+    the run. Leaving a test out can only let a mutant live, never count one killed."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     stats = Path("mutmut-stats.json")
     if not mutant or mutant in ("stats", "fail", "list_all_tests") or not stats.is_file():
         return
+    module = mutant.rsplit(".", 1)[0]  # foldwise.training.crossval.x_run_crossval__mutmut_5 -> its module
+    kept = [item for item in items if module in BOTH_SIDES.get(item.nodeid.split("::")[0], {module})]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
     import json
 
     seconds = json.loads(stats.read_text()).get("duration_by_test", {})
