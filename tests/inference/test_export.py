@@ -12,7 +12,7 @@ from torch import nn
 
 from foldwise.core.errors import UserError
 from foldwise.core.params import Params
-from foldwise.inference.export import META, TOLERANCE, check_parity, export_onnx, onnx_log_probs, open_session
+from foldwise.inference.export import META, OPSET, TOLERANCE, check_parity, export_onnx, onnx_log_probs, open_session
 from foldwise.inference.predictor import Predictor
 from foldwise.training.models import MODELS, build_model
 from tests.conftest import CLASSES
@@ -23,10 +23,14 @@ def random_images(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_the_graph_is_the_predictor_with_its_metadata(tmp_path, predictor):
+def test_the_graph_is_the_predictor_with_its_metadata(tmp_path, predictor, capfd):
     export_onnx(predictor, tmp_path / "m.onnx")
+    assert capfd.readouterr() == ("", "")  # the exporter's progress lines stay out of the stage's log
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert [i.name for i in model.graph.input] == ["images"]
+    # any batch size, named in the graph; the standard operator set we promise (OPSET)
+    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 1, 12, 12]
+    assert {o.domain: o.version for o in model.opset_import}[""] == OPSET
     assert [o.name for o in model.graph.output] == ["probabilities"]
     session, summary = open_session(tmp_path / "m.onnx")
     assert summary == predictor.summary() and summary["input"]["size"] == 12
@@ -77,15 +81,34 @@ def test_a_model_the_exporter_cannot_translate_is_one_line_naming_it(tmp_path):
     message = str(info.value)
     assert message.startswith("model 'mynet' cannot be exported to ONNX (") and "\n" not in message
     assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(UserError) as info:  # no name given: the class's
+        export_onnx(predictor, tmp_path / "m.onnx")
+    assert str(info.value) == ("model 'DataDependent' cannot be exported to ONNX (TorchExportError: Failed to export "
+                               "the model with torch.export. This is step 1/3 of exporting the model to ONNX. Next "
+                               "steps:); foldwise predict still runs it with torch")
 
 
-def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path):
+def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path, predictor):
     for path, text in ((tmp_path / "none.onnx", "is missing"), (tmp_path / "junk.onnx", "is not a foldwise ONNX")):
         if "junk" in path.name:
             path.write_bytes(b"junk")
         with pytest.raises(UserError, match=text) as info:
             open_session(path)
         assert "\n" not in str(info.value)
+    junk = tmp_path / "junk.onnx"
+    with pytest.raises(UserError) as info:
+        open_session(junk)
+    assert str(info.value) == (f"{junk} is not a foldwise ONNX predictor (InvalidProtobuf: [ONNXRuntimeError] : 7 : "
+                               f"INVALID_PROTOBUF : Load model from {junk} failed:Protobuf parsing failed.); write it "
+                               "again with `dvc repro -f export`")
+    export_onnx(predictor, tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    del model.metadata_props[:]  # an ONNX model, but not one foldwise wrote
+    onnx.save_model(model, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(UserError) as info:
+        open_session(tmp_path / "foreign.onnx")
+    assert str(info.value) == (f"{tmp_path / 'foreign.onnx'} is not a foldwise ONNX predictor (KeyError: 'foldwise'); "
+                               "write it again with `dvc repro -f export`")
 
 
 def test_onnxruntime_runs_on_cuda_when_it_can_and_always_falls_back_to_the_cpu():

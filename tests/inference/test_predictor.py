@@ -15,7 +15,16 @@ from foldwise.core.errors import UserError
 from foldwise.data.batches import Preloaded
 from foldwise.data.images import BACKGROUND
 from foldwise.data.normalize import to_inputs
-from foldwise.inference.predictor import CARD, FILE, FORMAT, RECORD, input_size, load_predictor, save_predictor
+from foldwise.inference.predictor import (
+    CARD,
+    FILE,
+    FORMAT,
+    RECORD,
+    cause,
+    input_size,
+    load_predictor,
+    save_predictor,
+)
 from foldwise.reporting.calibration import scale
 from foldwise.training.ensemble import assess, log_probabilities
 from foldwise.training.final import train_final
@@ -184,3 +193,12 @@ def test_a_predictor_of_imagenet_weights_loads_without_the_imagenet_file(tmp_pat
     save_predictor(tmp_path / "p", make_members(plain, 1, shape), False, 1.0, "single", final)
     loaded = load_predictor(tmp_path / "p")
     assert loaded.params["pretrained"] is True and len(loaded.members) == 1
+
+
+def test_a_cause_is_the_type_and_the_first_line_without_colour_codes():
+    assert cause(ValueError("bad value\nsecond line")) == "ValueError: bad value"
+    assert cause(RuntimeError("\n  indented first line  \nmore")) == "RuntimeError: indented first line"
+    assert cause(KeyError("sha256")) == "KeyError: 'sha256'"
+    assert cause(EOFError()) == "EOFError: no detail" and cause(OSError("   ")) == "OSError: no detail"
+    assert cause(RuntimeError("Failed. \x1b[96mThis is step 1/3\x1b[0m of it")) == (
+        "RuntimeError: Failed. This is step 1/3 of it")

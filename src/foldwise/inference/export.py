@@ -23,7 +23,7 @@ from torch import nn
 from foldwise.core.errors import UserError
 from foldwise.core.outputs import atomic_file
 from foldwise.data.normalize import normalize, stats_tensors
-from foldwise.inference.predictor import Predictor
+from foldwise.inference.predictor import Predictor, cause
 from foldwise.training.ensemble import MeanSoftmax
 
 INPUT, OUTPUT = "images", "probabilities"
@@ -54,14 +54,12 @@ def export_onnx(predictor: Predictor, path: str | Path, model_name: str = "") ->
     example = torch.zeros((2, *predictor.shape), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):  # the exporter's chatter
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
             program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
-                                        external_data=False, verbose=False)
+                                        dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; one line names the model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"model {model_name or type(predictor.members[0]).__name__!r} cannot be exported to ONNX "
-                        f"({type(exc).__name__}: {first}); foldwise predict still runs it with torch") from None
+                        f"({cause(exc)}); foldwise predict still runs it with torch") from None
     import onnx
 
     model = program.model_proto
@@ -84,8 +82,7 @@ def open_session(path: str | Path) -> tuple[Any, dict[str, Any]]:
         session = ort.InferenceSession(str(path), options, providers=_providers(ort))
         summary = json.loads(session.get_modelmeta().custom_metadata_map[META])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are its own classes
-        raise UserError(f"{path} is not a foldwise ONNX predictor ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
+        raise UserError(f"{path} is not a foldwise ONNX predictor ({cause(exc)}); "
                         f"write it again with `dvc repro -f export`") from None
     return session, summary
 

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,13 @@ def _build(saved: dict[str, Any], device: torch.device) -> Predictor:
                      saved["stats"], shape, input_size(p.image_size, shape), str(saved["used"]), saved["params"])
 
 
+def cause(exc: BaseException) -> str:
+    """``Type: first line of its message`` (``no detail`` when it has none, terminal colour codes
+    removed): why torch or onnxruntime refused a file, in the one line a ``UserError`` has room for."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip() if lines else 'no detail'}"
+
+
 def _fix(folder: Path) -> str:
     return (f"restore it with `dvc checkout {folder}` (or `dvc pull {folder}`), or write it again: "
             f"`dvc repro evaluate`")
@@ -170,5 +178,4 @@ def load_predictor(folder: str | Path, device: torch.device | None = None) -> Pr
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds; the message names the file
-        raise UserError(f"{path} is not a usable foldwise predictor ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {_fix(folder)}") from None
+        raise UserError(f"{path} is not a usable foldwise predictor ({cause(exc)}); {_fix(folder)}") from None
