@@ -174,6 +174,17 @@ def test_warmup_rises_linearly_from_a_hundredth(tiny_params, name):
         assert seen.index(max(seen)) == 3 and seen[0] == pytest.approx(0.004)  # peak: end of warm-up
     else:
         assert seen[:5] == pytest.approx([0.001, 0.02575, 0.0505, 0.07525, 0.1])
+        # after the warm-up: the schedule's own course from lr, never above it
+        after = {"cosine": [0.05 * (1 + math.cos(math.pi * s / 12)) for s in range(12)]}.get(name, [0.1] * 12)
+        assert seen[4:] == pytest.approx(after, abs=1e-12)
+
+
+def test_a_plateau_after_warm_up_counts_the_epoch_that_ends_it(tiny_params):
+    """The warm-up's last epoch is the plateau's first: a worse loss right after it already counts
+    (patience 0), so the lr drops after the second epoch."""
+    p = dataclasses.replace(tiny_params, optimizer="sgd", lr=0.1, epochs=3, scheduler="plateau",
+                            plateau_patience=0, gamma=0.1, warmup_epochs=1)
+    assert lrs(p, steps_per_epoch=1, losses=[1.0, 2.0, 2.0]) == pytest.approx([0.001, 0.1, 0.01])
 
 
 def test_step_lr_decays_between_epochs_in_fit(tiny_set, tiny_stats, tiny_params):
