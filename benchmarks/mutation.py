@@ -91,6 +91,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the per-rank seed only has to differ between ranks (each its own crops): minus does as plus",
     ("training/engine.py", r'_set_rng_state\(mine\("rng"\), None\)'):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
+    ("training/engine.py", r"if n > 2 and 0 < rest < 2 \* group\.world:"):
+        "differs only for a 2-image training set: one process keeps both either way (the remainder is 0 or 2); "
+        "N processes on 2 images have no slice of 2 to train either way",
     ("training/optim.py", r"max\(2, total - warmup\)"):
         "differs only when one step follows the warm-up, and then only at the step after the last: no batch uses it",
     ("training/optim.py", r"^\+\s+optimizer, factor=p\.gamma, patience=p\.plateau_patience\)"):

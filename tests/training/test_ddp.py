@@ -148,14 +148,14 @@ def _sgd_fit(group):
     from foldwise.data.batches import Preloaded
     from foldwise.training.engine import fit
 
-    def run(epochs, **kwargs):
+    def run(epochs, batch=BATCH, **kwargs):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
         trained = DistributedDataParallel(model) if group.world > 1 else model
         data = _OrderLog()
         g = torch.Generator().manual_seed(4)
         valid = Preloaded(torch.randn(13, 6, generator=g), torch.randint(0, 3, (13,), generator=g))
-        p = dataclasses.replace(Params(), batch_size=BATCH, epochs=epochs, optimizer="sgd", lr=0.5, momentum=0.0,
+        p = dataclasses.replace(Params(), batch_size=batch, epochs=epochs, optimizer="sgd", lr=0.5, momentum=0.0,
                                 scheduler="none", l1=0.0)
         return model, data, fit(trained, data, valid, p, seed=7, group=group, **kwargs)
 
@@ -164,8 +164,9 @@ def _sgd_fit(group):
     states: list[dict] = []
     run(1, checkpoint=states.append)
     resumed, _, _ = run(2, resume=states[-1])
+    _, trailing, _ = run(1, batch=11)  # 47 = 4 x 11 + 3
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
-    return model, data.calls, history, seen.seen, resumed.state_dict()
+    return model, data.calls, history, seen.seen, resumed.state_dict(), trailing.calls[0][1]
 
 
 def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
@@ -175,9 +176,9 @@ def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    model, calls, history, predictions, resumed = _sgd_fit(Group(rank, world))
+    model, calls, history, predictions, resumed, trailing = _sgd_fit(Group(rank, world))
     torch.save({"state": model.state_dict(), "calls": calls, "history": history, "predictions": predictions,
-                "resumed": resumed}, f"{out}/rank{rank}.pt")
+                "resumed": resumed, "trailing": trailing}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -194,7 +195,9 @@ def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
 
     mp.spawn(_ddp_rank, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    model, calls, history, predictions, _ = _sgd_fit(SINGLE)
+    model, calls, history, predictions, _, trailing = _sgd_fit(SINGLE)
+    # a trailing batch of 3 leaves a slice of 1 in two processes: dropped there, trained by one process
+    assert trailing == 11 and ranks[0]["trailing"] == [6] * 4 and ranks[1]["trailing"] == [5] * 4
     assert len(calls) == 2 and all(size == BATCH for _, size in calls)
     assert not torch.equal(calls[0][0], calls[1][0])  # a new permutation every epoch
     for epoch, (order, _) in enumerate(calls):

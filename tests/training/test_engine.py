@@ -281,7 +281,8 @@ def test_train_one_epoch_reports_the_loss_and_accuracy_of_every_batch_it_trained
     assert 0.05 < acc < 0.95  # an untrained model: a value the batches' weighting can move
 
 
-@pytest.mark.parametrize("n, sizes", [(33, [16, 16]), (32, [16, 16]), (17, [16]), (16, [16]), (1, [1])])
+@pytest.mark.parametrize("n, sizes", [(33, [16, 16]), (34, [16, 16, 2]), (32, [16, 16]), (17, [16]), (16, [16]),
+                                     (1, [1])])
 def test_only_a_trailing_batch_of_one_image_is_dropped(tiny_params, n, sizes):
     """BatchNorm cannot train on one image, so 2 x 16 + 1 images train on 32 (in shuffled order); every
     other count trains whole, and a set of a single image (a model without BatchNorm) keeps it."""
