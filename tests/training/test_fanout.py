@@ -277,3 +277,51 @@ def test_each_run_holds_the_cpus_it_asks_for(local_ray, tiny_set, tiny_stats, ti
         run_crossval(arrays(tiny_set, tiny_stats), 3, p, fanout=fanout)
     places = sorted(fanout.placements.values(), key=lambda w: w["start"])
     assert len(places) == 2 and places[0]["end"] <= places[1]["start"]
+    assert [w["cpus"] for w in places] == [2.0, 2.0]  # what Ray held for each (the order alone can be luck)
+
+
+@pytest.mark.slow
+def test_a_run_whose_worker_dies_fails_the_fan_out_at_once_and_never_runs_again(local_ray, tiny_set, tiny_stats,
+                                                                                 tiny_params):
+    """A worker killed mid-run (out of memory, a lost node): the stage stops with Ray's error instead of
+    Ray quietly running that fold again from its start, up to three times (its default retries)."""
+    import threading
+
+    import psutil
+    import ray
+
+    def running() -> set[int]:  # this Ray's workers (children of its raylet, started by this process) in a run
+        found = set()
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.cmdline()[:1] == ["ray::train_task"]:
+                    found.add(proc.pid)
+            except psutil.Error:  # gone meanwhile
+                pass
+        return found
+
+    p = dataclasses.replace(tiny_params, compare=("baseline",), epochs=400)  # long enough to be caught running
+    failed: list[BaseException] = []
+
+    def fan_out() -> None:
+        try:
+            with RayFanout(RaySettings("local", cpus=1, gpus=0)) as fanout:
+                run_crossval(arrays(tiny_set, tiny_stats), 3, p, fanout=fanout)
+        except BaseException as exc:  # noqa: BLE001 - what the stage would see
+            failed.append(exc)
+
+    thread = threading.Thread(target=fan_out)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (workers := running()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers, "no Ray worker ran train_task within 60 s"
+    for pid in workers:
+        psutil.Process(pid).kill()
+    later: set[int] = set()
+    while thread.is_alive() and time.monotonic() < deadline:
+        later |= running() - workers
+        time.sleep(0.1)
+    thread.join(timeout=30)
+    assert not later, "Ray ran the killed run again"
+    assert len(failed) == 1 and isinstance(failed[0], ray.exceptions.RayError), failed

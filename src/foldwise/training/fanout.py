@@ -90,10 +90,13 @@ def _check_installed() -> Any:
 
 
 def _placement(gpus: float) -> dict[str, Any]:
-    """Where this task runs: node, process and the GPUs Ray gave it (for the console and tests)."""
+    """Where this task runs: node, process, the CPUs Ray holds for it and the GPUs it gave it (for the
+    console and tests)."""
     import ray
 
-    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+    context = ray.get_runtime_context()
+    return {"node": context.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+            "cpus": context.get_assigned_resources().get("CPU", 0.0),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES") if gpus > 0 else None}
 
 
