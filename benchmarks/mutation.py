@@ -94,6 +94,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("training/engine.py", r"if n > 2 and 0 < rest < 2 \* group\.world:"):
         "differs only for a 2-image training set: one process keeps both either way (the remainder is 0 or 2); "
         "N processes on 2 images have no slice of 2 to train either way",
+    ("training/crossval.py", r"while reported <= len\(runs\) and reported in results:"):
+        "the runs' indices are 0 to len(runs) - 1: len(runs) is never in results, so the loop stops there either way",
     ("training/optim.py", r"max\(2, total - warmup\)"):
         "differs only when one step follows the warm-up, and then only at the step after the last: no batch uses it",
     ("training/optim.py", r"^\+\s+optimizer, factor=p\.gamma, patience=p\.plateau_patience\)"):

@@ -210,6 +210,7 @@ def test_crossval_keeps_the_chosen_variants_fold_models_bit_identical_run_to_run
     assert (tmp_path / "a/folds.json").read_bytes() == (tmp_path / "b/folds.json").read_bytes()
     every = run_crossval(data, 3, dataclasses.replace(tiny_params, fold_models="all", compare=("baseline", "l2")))
     assert list(every.weights) == [("baseline", 0), ("baseline", 1), ("l2", 0), ("l2", 1)]
+    assert every.kept_note == "fold_models: all (crossval keeps the fold models of every compared variant)"
     none = run_crossval(data, 3, dataclasses.replace(tiny_params, fold_models="none", compare=("baseline",)))
     assert none.weights == {} and none.kept_note == "fold_models: none (crossval keeps no fold models)"
 
@@ -299,3 +300,44 @@ def test_a_run_returns_its_weights_unless_no_fold_models_are_kept(tiny_set, tiny
     assert isinstance(kept, dict) and all(t.device.type == "cpu" for t in kept.values())
     assert set(kept) == set(build_model((1, 12, 12), 3, tiny_params).state_dict())
     assert train_run(data, 3, dataclasses.replace(tiny_params, fold_models="none"), spec, fold)[2] is None
+
+
+class LastFirst:
+    """A ``crossval.Fanout`` in this process that returns the runs last first, as a cluster may finish
+    them: crossval's side of the interface, without Ray (tests/training/test_fanout.py runs Ray's)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def run(self, data, num_classes, p, folds, pending, resume):
+        from foldwise.training.crossval import train_run
+
+        self.calls.append((data, num_classes, p, folds, list(pending), dict(resume)))
+        for spec in reversed(pending):
+            yield spec, *train_run(data, num_classes, p, spec, folds[spec.fold], saved=resume.get(spec.index))
+
+
+def test_a_fan_out_finishing_last_first_gives_the_tables_and_the_monitors_order_of_one_process(
+        tiny_set, tiny_stats, tiny_params):
+    """crossval hands a fan-out everything a run needs (the data, classes, params, folds, the runs
+    pending and what to resume them from), and reports runs to the monitor in run order whatever order
+    they finish in: each run's epochs, then its fold, as one process does."""
+    p = dataclasses.replace(tiny_params, compare=("baseline", "l2"))
+    data = Preloaded(to_inputs(tiny_set.images, tiny_stats, torch.device("cpu")), tiny_set.labels)
+    here, there = Recorder(), Recorder()
+    one = run_crossval(data, 3, p, monitor=here)
+    fanout = LastFirst()
+    fanned = run_crossval(data, 3, p, monitor=there, fanout=fanout)
+    [(got, classes, params, folds, pending, resume)] = fanout.calls
+    assert got is data and classes == 3 and params == p and resume == {}
+    assert [(s.index, s.variant, s.fold) for s in pending] == [(0, "baseline", 0), (1, "baseline", 1), (2, "l2", 0),
+                                                              (3, "l2", 1)]
+    assert all(np.array_equal(a, b) for f, g in zip(folds, make_folds(tiny_set.labels.numpy(), 2, p.seed))
+               for a, b in zip(f, g))
+    pd.testing.assert_frame_equal(fanned.runs, one.runs, check_exact=True)
+    pd.testing.assert_frame_equal(fanned.history.drop(columns="seconds"), one.history.drop(columns="seconds"),
+                                  check_exact=True)
+    assert there.kinds == here.kinds == (["epoch"] * p.epochs + ["fold"]) * 4
+    assert [(r["variant"], r["fold"], r["epoch"]) for r in there.rows] == [
+        (r["variant"], r["fold"], r["epoch"]) for r in here.rows]
+    assert [(r["variant"], r["fold"]) for r in there.folds] == [(r["variant"], r["fold"]) for r in here.folds]
