@@ -102,6 +102,27 @@ def test_weight_decay_and_momentum_reach_the_optimiser(tiny_params):
     assert sgd.param_groups[0]["fused"] is True and adamw.param_groups[0]["fused"] is True
 
 
+def test_each_optimiser_gets_its_class_and_every_setting(tiny_params):
+    """Adam is Adam (L2 added to the gradient), not AdamW (decay applied apart); the lr reaches each;
+    Nesterov only with momentum (torch refuses it without); fused kernels only on devices that have them."""
+    model = build_model((1, 12, 12), 3, tiny_params)
+
+    def group(**changes):
+        optimizer = make_optimizer(model, dataclasses.replace(tiny_params, lr=0.003, **changes))
+        return type(optimizer), optimizer.param_groups[0]
+
+    cls, adam = group(optimizer="adam", weight_decay=0.01)
+    assert cls is torch.optim.Adam and (adam["lr"], adam["weight_decay"]) == (0.003, 0.01)
+    cls, adamw = group(optimizer="adamw")
+    assert cls is torch.optim.AdamW and adamw["lr"] == 0.003
+    cls, sgd = group(optimizer="sgd", momentum=0.5, nesterov=True)
+    assert cls is torch.optim.SGD and sgd["lr"] == 0.003 and sgd["nesterov"] is True
+    assert group(optimizer="sgd", momentum=0.5, nesterov=False)[1]["nesterov"] is False
+    assert group(optimizer="sgd", momentum=0.0, nesterov=True)[1]["nesterov"] is False
+    on_meta = build_model((1, 12, 12), 3, tiny_params).to("meta")  # a device without fused kernels
+    assert not make_optimizer(on_meta, dataclasses.replace(tiny_params, optimizer="sgd")).param_groups[0]["fused"]
+
+
 def lrs(p, steps_per_epoch=4, losses=None):
     """The learning rate of every batch of a run of ``p``, stepping the schedule as fit does."""
     model = build_model((1, 12, 12), 3, p)
