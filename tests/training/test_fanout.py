@@ -151,6 +151,7 @@ def test_a_task_trains_the_sequential_run_and_says_where_it_ran(local_ray, tiny_
             assert list(weights2) == list(weights) and all(torch.equal(weights2[n], weights[n]) for n in weights)
             assert where["node"] == ray.get_runtime_context().get_node_id()
             assert (where["host"], where["pid"], where["device"]) == (socket.gethostname(), os.getpid(), "cpu")
+            assert where["cpus"] is None  # not a Ray task: nothing assigned (a task's are pinned below)
             assert where["cuda_visible_devices"] == ("1" if gpus else None)  # only a GPU run reads it
             assert started <= where["start"] <= where["end"] <= time.time()
     finally:

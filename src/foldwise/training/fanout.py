@@ -95,8 +95,11 @@ def _placement(gpus: float) -> dict[str, Any]:
     import ray
 
     context = ray.get_runtime_context()
-    return {"node": context.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
-            "cpus": context.get_assigned_resources().get("CPU", 0.0),
+    try:
+        cpus = context.get_assigned_resources().get("CPU", 0.0)
+    except AssertionError:  # called in the driver, not in a task (a test comparing with the sequential run)
+        cpus = None
+    return {"node": context.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(), "cpus": cpus,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES") if gpus > 0 else None}
 
 
