@@ -117,7 +117,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (r"training/model_files\.py", r"map_location=None|torch\.load\(io\.BytesIO\(data\), weights_only=True\)|model\.to\(None\)|"
                                        r"load_checkpoint\(path, None,"):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
-    ("training/model_files.py", r"torch\.load\(.*weights_only=None|torch\.load\(io\.BytesIO\(data\), map_location=\"cpu\", \)"):
+    (r"training/model_files\.py|inference/predictor\.py",
+     r"torch\.load\(.*weights_only=None|torch\.load\(io\.BytesIO\(data\), map_location=\"cpu\", \)"):
         "torch 2.6 and later default to weights_only=True (the file that would run code is refused either way: tested)",
     ("data/batches.py", r'pin_memory=(None|self\.device\.type (!= "cuda"|== "(XXcudaXX|CUDA)"))|labels\.to\(self\.device, '
                         r'(non_blocking=False)?\)|to_inputs\((images, self\.stats|decode_all\(files\), stats), None\)'):
@@ -222,6 +223,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "(the order is tested in _providers)",
     ("inference/export.py", r"session\.run\(None, \{INPUT"): "the graph has one output, OUTPUT: None asks for all of them",
     ("inference/export.py", r"probs\.astype\(None\)"): "numpy's astype(None) is float64, the type named",
+    ("inference/predictor.py", r"_build\(torch\.load\(io\.BytesIO\(data\), (weights_only=False|)\), torch\.device"):
+        "save_predictor reads back the bytes it has just written itself: weights_only guards files from elsewhere "
+        "(load_predictor's refusal is tested)",
+    ("inference/predictor.py", r'torch\.load\(io\.BytesIO\(data\), (map_location=None, )?weights_only=True\)|'
+                               r'_build\(saved, device and torch\.device\("cpu"\)\)'):
+        "device placement: on a CPU-only machine the saved tensors, None and the CPU are one device (a GPU run would tell)",
+    ("inference/export.py", r"redirect_stdout\(None\)"): "print() with sys.stdout set to None writes nothing either",
+    ("inference/export.py", r"export\(module, \(example,\), (input_names=None, )?output_names="):
+        "torch names the graph's input after forward's parameter, images, which is INPUT (the name is tested)",
+    ("inference/export.py", r'\("(XXCUDAExecutionProviderXX|cudaexecutionprovider|CUDAEXECUTIONPROVIDER)", "CPUExecutionProvider"\)'):
+        "onnxruntime's CUDA provider: on a CPU-only machine it is never available (a GPU run would tell)",
     ("inference/export.py", r"worst < TOLERANCE\}"):
         "differs only when the largest difference is 1e-4 to the last bit, which no float32 output lands on",
     (r"inference/(export|predictor)\.py", r"stats_tensors\(predictor\.stats, None\)|model\.to\(None\)|"

@@ -132,6 +132,12 @@ def test_an_rgb_predictor_resized_to_a_fixed_shape_says_so(tmp_path, small_param
     described = json.loads((tmp_path / "rgb" / RECORD).read_text())["input"]
     assert (described["channels"], described["height"], described["width"], described["size"]) == (3, 12, 10, [12, 10])
     assert described["colour"] == "RGB" and described["resize"] == "stretched to exactly 12x10"
+    # a square [h, w] is still stretched (prepare did so), not cut from the shorter side
+    square = dataclasses.replace(p, image_size=[12, 12])
+    final = {**final_checkpoint(square, (3, 12, 12)), "stats": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}}
+    save_predictor(tmp_path / "sq", make_members(square, 1, (3, 12, 12)), False, 1.0, "single", final)
+    loaded = load_predictor(tmp_path / "sq")
+    assert loaded.size == (12, 12) and loaded.summary()["input"]["resize"] == "stretched to exactly 12x12"
     assert described["mean"] == [0.1, 0.2, 0.3] and described["std"] == [0.4, 0.5, 0.6]
 
 
@@ -155,6 +161,12 @@ def test_each_refusal_names_the_cause_and_this_folders_fix_in_its_words(predicto
             load_predictor(folder)
         return str(info.value)
 
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    recorded = json.loads(record.read_text())["sha256"]
+    assert refused() == f"{path} is damaged: its sha256 is {actual}, but {record} records {recorded}; {fix}"
+    path.write_bytes(good)
     nowhere = tmp_path / "nowhere"
     assert refused(nowhere) == (f"{nowhere}: no predictor there (not a folder); restore it with "
                                 f"`dvc checkout {nowhere}` (or `dvc pull {nowhere}`), or write it again: "
