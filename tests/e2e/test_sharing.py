@@ -127,11 +127,10 @@ def test_a_fresh_clone_restores_every_output_and_every_run_a_teammate_pushed(tea
     add_remote(a, url, key)
     if kind == "folder":  # A's experiments (over SSH the same code shares the committed run only: faster)
         assert ran_stages(run(a, "dvc", "exp", "run", "-n", "faster", "-S", f"lr={LR}").stdout) >= {"crossval"}
-        run(a, "dvc", "exp", "run", "-n", "slower", "-S", "lr=0.005")
         run(a, "git", "checkout", "--", ".")  # back to the committed run (the experiments are kept by DVC)
         run(a, "dvc", "checkout", "-q")
     pushed = foldwise(a, "push", "--git-remote", "origin").stdout
-    count = 2 if kind == "folder" else 0
+    count = 1 if kind == "folder" else 0
     assert "pushed to remote 'team'" in pushed and f"experiments on git remote 'origin': {count}" in pushed, pushed
 
     b = fresh_clone(hub, tmp / "b")
@@ -148,13 +147,13 @@ def test_a_fresh_clone_restores_every_output_and_every_run_a_teammate_pushed(tea
         assert ran_stages(again) == set(), again
         assert set(re.findall(r"Stage '(\w+)' is cached - skipping run", again)) == \
             ALL_STAGES - {"download", "prepare", "normalize"}, again
-        # the team's experiments, side by side in 120 columns (make compare)
-        run(b, "dvc", "exp", "pull", "origin", "faster", "slower")
+        # the team's experiment beside the committed run, in 120 columns (make compare)
+        run(b, "dvc", "exp", "pull", "origin", "faster")
         table = compare(b).splitlines()
         assert all(len(line) <= 120 for line in table) and "…" not in "".join(table), "\n".join(table)
         header = table[1].split()
         assert header[:2] == ["Experiment", "chosen"] and {"test.accuracy", "ensemble.accuracy", "lr"} <= set(header)
-        assert any("[faster]" in line for line in table) and any("[slower]" in line for line in table)
+        assert any("[faster]" in line for line in table)
 
 
 def compare(repo: Path) -> str:
