@@ -226,9 +226,6 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("inference/predictor.py", r"_build\(torch\.load\(io\.BytesIO\(data\), (weights_only=False|)\), torch\.device"):
         "save_predictor reads back the bytes it has just written itself: weights_only guards files from elsewhere "
         "(load_predictor's refusal is tested)",
-    ("inference/predictor.py", r'torch\.load\(io\.BytesIO\(data\), (map_location=None, )?weights_only=True\)|'
-                               r'_build\(saved, device and torch\.device\("cpu"\)\)'):
-        "device placement: on a CPU-only machine the saved tensors, None and the CPU are one device (a GPU run would tell)",
     ("inference/export.py", r"redirect_stdout\(None\)"): "print() with sys.stdout set to None writes nothing either",
     ("inference/export.py", r"export\(module, \(example,\), (input_names=None, )?output_names="):
         "torch names the graph's input after forward's parameter, images, which is INPUT (the name is tested)",
@@ -238,7 +235,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "differs only when the largest difference is 1e-4 to the last bit, which no float32 output lands on",
     (r"inference/(export|predictor)\.py", r"stats_tensors\(predictor\.stats, None\)|model\.to\(None\)|"
                                         r"_build\(saved, None\)|to_inputs\(images, self\.stats, None\)|"
-                                        r"_build\(torch\.load\(io\.BytesIO\(data\), weights_only=True\), None\)"):
+                                        r"_build\(torch\.load\(io\.BytesIO\(data\), weights_only=True\), None\)|"
+                                        r'torch\.load\(io\.BytesIO\(data\), (map_location=None, )?weights_only=True\)|'
+                                        r'_build\(saved, device and torch\.device\("cpu"\)\)'):
         "device placement: on a CPU-only machine None is the same device (a GPU run would tell)",
 }
 

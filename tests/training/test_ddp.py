@@ -166,7 +166,8 @@ def _sgd_fit(group):
     resumed, _, _ = run(2, resume=states[-1])
     _, trailing, _ = run(1, batch=11)  # 47 = 4 x 11 + 3
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
-    return model, data.calls, history, seen.seen, resumed.state_dict(), trailing.calls[0][1]
+    order, sizes = trailing.calls[0]
+    return model, data.calls, history, seen.seen, resumed.state_dict(), (len(order), sizes)
 
 
 def _ddp_rank(rank: int, world: int, init: str, out: str) -> None:
@@ -197,7 +198,8 @@ def test_two_ddp_processes_train_exactly_what_one_process_trains(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     model, calls, history, predictions, _, trailing = _sgd_fit(SINGLE)
     # a trailing batch of 3 leaves a slice of 1 in two processes: dropped there, trained by one process
-    assert trailing == 11 and ranks[0]["trailing"] == [6] * 4 and ranks[1]["trailing"] == [5] * 4
+    assert trailing == (47, 11)  # one process: all 47 images, the last batch of 3 included
+    assert ranks[0]["trailing"] == (24, [6] * 4) and ranks[1]["trailing"] == (20, [5] * 4)
     assert len(calls) == 2 and all(size == BATCH for _, size in calls)
     assert not torch.equal(calls[0][0], calls[1][0])  # a new permutation every epoch
     for epoch, (order, _) in enumerate(calls):
