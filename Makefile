@@ -43,9 +43,11 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 
 # the 20 slowest tests are printed last, so a test that grows slow is seen.
 # Two pytest-xdist workers, a module's tests in order on one of them: most e2e time is single-threaded
-# (Python start-up, DVC), so two modules side by side use both cores (tests/conftest.py)
+# (Python start-up, DVC), so two modules side by side use both cores (tests/conftest.py). One torch
+# thread per process: two workers' stages with torch's default of one thread per core oversubscribe the
+# 2 cores, and a pair of digits `dvc repro`s side by side took 36 s instead of 39-46 s.
 test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser sshd lint
-	$(BIN)/pytest -n 2 --dist loadfile --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --durations=20
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
 quick: $(STAMP) $(PLOTS_TEMPLATE) lint

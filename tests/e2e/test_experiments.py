@@ -1,11 +1,15 @@
-"""End to end with real DVC experiments on scikit-learn's digits: the run-cache, queued experiments
-side by side, and dvclive's files while a stage runs."""
+"""End to end with real DVC experiments on scikit-learn's digits: one experiment beside the committed
+run (lr 0.016 against 0.008) read back from the run-cache and compared with `dvc params diff`,
+`dvc metrics diff` and `dvc plots diff` (in real headless Chromium with no network); queued
+experiments side by side; and dvclive's files while a stage runs. The tests share one project and one
+trained experiment, because each experiment trains six stages again."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -13,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from foldwise.reporting.plot_data import MAX_PREDICTION_ROWS
 from tests.e2e.conftest import copy_project
+from tests.e2e.test_live import ARTIFACTS, CHROMIUM_FLAGS, colour_pixels, net, screenshot  # noqa: F401
 from tests.e2e.test_pipeline import METRICS, ran_stages, run, set_params
 
 TRAINING = ["crossval", "train", "evaluate", "export", "plots", "report"]
 DATA = ["download", "prepare", "normalize"]
+DVC_REV_COLOURS = [(0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)]  # dvc-render's first two revision colours
+VEGA_REV_COLOURS = [(0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18)]  # Vega's category10: our templates' revisions
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +63,28 @@ def assert_restored_from_the_run_cache(log: str) -> None:
         assert f"Stage '{stage}' didn't change, skipping" in log
 
 
-def test_going_back_to_earlier_params_restores_every_stage_from_the_run_cache(digits):
-    """The committed run (lr 0.008, by `dvc repro`), one experiment that trains (lr 0.016), then each
-    again: both come back from DVC's run cache byte for byte, with nothing trained."""
+@pytest.fixture(scope="module")
+def lr_fast(digits) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The committed run's results and those of the experiment ``lr-fast`` (lr 0.016), which trained
+    every training stage again and left its results in the workspace."""
     committed = snapshot(digits)
-    assert ran_stages(run(digits, "dvc", "exp", "run", "-S", "lr=0.016").stdout) == set(TRAINING)
-    experiment = snapshot(digits)
+    out = run(digits, "dvc", "exp", "run", "-n", "lr-fast", "-S", "lr=0.016").stdout
+    assert ran_stages(out) == set(TRAINING)
+    for stage in DATA:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    return committed, snapshot(digits)
+
+
+def test_going_back_to_earlier_params_restores_every_stage_from_the_run_cache(digits, lr_fast):
+    """The committed run (lr 0.008, by `dvc repro`), one experiment that trained (lr 0.016), then each
+    again: both come back from DVC's run cache byte for byte, with nothing trained."""
+    committed, experiment = lr_fast
     assert experiment != committed
+    run(digits, "dvc", "exp", "apply", "lr-fast")  # the experiment's results, whatever ran before
+    params = run(digits, "dvc", "params", "diff").stdout
+    assert re.search(r"params\.yaml\s+lr\s+0\.008\s+0\.016", params), params
+    show = run(digits, "dvc", "exp", "show", "--csv").stdout
+    assert "lr-fast" in show and "0.016" in show and "test.accuracy" in show
 
     # back to the committed params: the workspace is the commit again, byte for byte
     started = time.perf_counter()
@@ -76,6 +99,44 @@ def test_going_back_to_earlier_params_restores_every_stage_from_the_run_cache(di
     assert snapshot(digits) == experiment
     run(digits, "git", "checkout", "--", ".")  # the module's later tests start from the commit
     run(digits, "dvc", "checkout", "--force")
+
+
+def test_plots_diff_of_the_experiment_renders_offline(net, digits, lr_fast, tmp_path):
+    run(digits, "dvc", "plots", "diff", "HEAD", "lr-fast", "-o", "diff-html")
+    page = digits / "diff-html" / "index.html"
+    html = page.read_text()
+    assert "<script src=" not in html and "/* vega-embed@6.18.2 */" in html  # .dvc/config's offline template
+    assert "Test confusion matrix" in html and "learning_curves.png" in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium not found: run `make test` (installs Debian's chromium)"
+    dom = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'dom'}", "--virtual-time-budget=20000",
+                   "--dump-dom", f"file://{page}"]).stdout
+    live = len(list((digits / "reports/live").rglob("*.tsv")))  # dvclive's curves: one plot each
+    # every data plot drawn, none failed: the 8 foldwise plots and dvclive's curves
+    assert dom.count('class="marks"') == html.count("vegaEmbed(") >= 8 + live, dom[-2000:]
+    assert dom.count("HEAD_reports_figures_") == dom.count("lr-fast_reports_figures_") == 6  # both runs' PNGs
+    shot = screenshot(net, f"file://{page}", ARTIFACTS / "plots-diff.png", tmp_path, size="1500,7000")
+    print(f"screenshot: {ARTIFACTS / 'plots-diff.png'}")
+    for colour in DVC_REV_COLOURS + VEGA_REV_COLOURS:  # both revisions' marks are on screen
+        assert colour_pixels(shot, colour) > 150, colour
+
+
+def test_metrics_diff_of_the_experiment_is_a_readable_table(digits, lr_fast):
+    out = run(digits, "dvc", "metrics", "diff", "HEAD", "lr-fast").stdout
+    lines = out.splitlines()
+    assert re.match(r"Path\s+Metric\s+HEAD\s+lr-fast\s+Change$", lines[0]), out
+    row = next(line for line in lines if re.search(r"reports/metrics\.json\s+test\.accuracy\s", line))
+    slow, fast, change = map(float, row.split()[2:5])
+    assert 0 < slow <= 1 and 0 < fast <= 1 and change == pytest.approx(fast - slow, abs=2e-4)
+    assert "reason" not in out and "{" not in out  # numbers only, one per cell
+
+
+def test_plot_files_stay_small(digits):
+    for path in [*(digits / "reports").glob("*.json"), *(digits / "reports/curves").glob("*.csv"),
+                 *(digits / "reports/evaluate").glob("*.csv"), digits / "reports/report.md"]:
+        assert path.stat().st_size < 100_000, path
+    rows = (digits / "reports/evaluate/predictions.csv").read_text().count("\n") - 1
+    assert 0 < rows <= MAX_PREDICTION_ROWS
 
 
 def test_exp_show_is_readable(digits):

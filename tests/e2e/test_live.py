@@ -203,15 +203,13 @@ def test_a_dvc_experiment_streams_into_the_offline_live_view(net, digits_copy, t
     # switching the live view on or off re-runs nothing
     assert ran_stages(run(repo, "dvc", "repro").stdout) == set()
 
-    # `dvc plots show` with no flags writes a page whose Vega plots draw offline (.dvc/config's template)
+    # `dvc plots show` with no flags writes a page with a Vega plot per curve file, inlined (.dvc/config's
+    # offline template; test_experiments draws such a page in Chromium)
     run(repo, "dvc", "plots", "show", "-o", "plots-html")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    dom = net.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-plots'}",
-                   "--virtual-time-budget=15000", "--dump-dom", f"file://{repo / 'plots-html/index.html'}"]).stdout
     live = len(list((repo / "reports/live").rglob("*.tsv")))  # dvclive's curves: one plot each
     assert live == 3 * 5 + 5  # crossval: 3 variants x 5 metrics; train: 5 metrics
     html = (repo / "plots-html/index.html").read_text()
-    assert dom.count('class="marks"') == html.count("vegaEmbed(") >= 8 + live, dom[-2000:]  # every plot drawn
+    assert html.count("vegaEmbed(") >= 8 + live and "<script src=" not in html
 
     # a real browser renders the plots: count pixels of plotly's trace colours
     shot = screenshot(net, f"{server.url}/env/foldwise_live-run", ARTIFACTS / "live-view.png", tmp_path)

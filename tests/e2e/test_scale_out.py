@@ -17,31 +17,30 @@ import pytest
 import torch
 
 from tests.e2e.test_benchmarks import ROOT, dvc_env
-from tests.e2e.test_pipeline import ALL_STAGES, METRICS, make_clone, ran_stages, run, set_params
+from tests.e2e.test_pipeline import METRICS, ran_stages, run
 
 pytest.importorskip("ray")
 
 
-def test_ray_local_repro_gives_the_sequential_results_byte_for_byte(tmp_path):
-    make_clone(tmp_path)
-    set_params(tmp_path / "params.yaml", {"dataset": "digits", "epochs": "2", "k_folds": "2"})
-    run(tmp_path, "git", "commit", "-qam", "digits")
-    out = run(tmp_path, "env", "OMP_NUM_THREADS=1", "dvc", "repro")
-    assert ran_stages(out.stdout) == ALL_STAGES and "ran on" not in out.stderr
-    run(tmp_path, "git", "add", "-A")
-    run(tmp_path, "git", "commit", "-qm", "the sequential run")
-    sequential = {m: json.loads((tmp_path / m).read_text()) for m in METRICS}
+def test_ray_local_repro_gives_the_sequential_results_byte_for_byte(digits_copy):
+    """On the reproduced digits project: crossval forced alone, once in one process and once fanned out."""
+    repo = digits_copy
+    out = run(repo, "env", "OMP_NUM_THREADS=1", "dvc", "repro", "--force", "--single-item", "crossval")
+    assert ran_stages(out.stdout) == {"crossval"} and "ran on" not in out.stderr
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "the sequential run", ok=False)  # nothing to commit where threads agree
+    sequential = {m: json.loads((repo / m).read_text()) for m in METRICS}
     # crossval is the stage whose runs Ray takes: forced alone, its outputs must be the sequential ones
-    fanned = run(tmp_path, "env", "FOLDWISE_RAY=local", "FOLDWISE_RAY_CPUS=1", "OMP_NUM_THREADS=1",
+    fanned = run(repo, "env", "FOLDWISE_RAY=local", "FOLDWISE_RAY_CPUS=1", "OMP_NUM_THREADS=1",
                  "dvc", "repro", "--force", "--single-item", "crossval")
     assert ran_stages(fanned.stdout) == {"crossval"}
     assert "Started a local Ray instance" in fanned.stderr + fanned.stdout
     ran_on = [line for line in fanned.stderr.splitlines() if ": ran on " in line]
     assert len(ran_on) == 3 * 2  # three variants x two folds, each a Ray task
-    assert {m: json.loads((tmp_path / m).read_text()) for m in METRICS} == sequential
+    assert {m: json.loads((repo / m).read_text()) for m in METRICS} == sequential
     # every output byte-identical, so dvc.lock too: nothing for git, and DVC sees nothing to do
-    assert run(tmp_path, "git", "status", "--porcelain").stdout == ""
-    assert "Data and pipelines are up to date." in run(tmp_path, "dvc", "status").stdout
+    assert run(repo, "git", "status", "--porcelain").stdout == ""
+    assert "Data and pipelines are up to date." in run(repo, "dvc", "status", "crossval").stdout
 
 
 def test_quick_scale_out_benchmark_gives_identical_tables_and_every_row(tmp_path):
