@@ -44,14 +44,14 @@ def test_quick_benchmark_writes_every_table(tmp_path):
         assert re.match(expected, ratio), (name, path, ratio)
     assert re.search(r"^\| 1 \| [\d.]+ \| 0\.\d{4} \|$", text, re.M)  # time to accuracy, 1 epoch
     assert "- test accuracy 0.91: " in text
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage in stages:
-        assert re.search(rf"^\| {stage} \| [\d.]+ \|$", text, re.M), stage
-    assert re.search(r"^\| `dvc repro` again, nothing to do: right after \| [\d.]+ \|$", text, re.M)
+    # the pipeline's data stages, from a fresh clone (every stage is run by tests/e2e/)
+    rows = re.findall(r"^\| (\w+) \| [\d.]+ \|$", text, re.M)
+    assert rows == ["download", "prepare", "normalize"], rows
+    assert re.search(r"^\| `dvc repro normalize` again, nothing to do: right after \| [\d.]+ \|$", text, re.M)
     median, fastest, slowest = map(float, re.search(
         r"^\| the same, median of the next 3 \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|$", text, re.M).groups())
     assert fastest <= median <= slowest
-    assert re.search(r"Test accuracy 0\.\d{4}, macro F1 0\.\d{4}\.", text)
+    assert "Only `dvc repro normalize` ran: no results of its own." in text
     # this machine against the reference figures (0.97 and 1.8 s per 60,000-image epoch)
     speed = {int(b): (float(ref), float(here), float(r))
              for b, ref, here, r in re.findall(r"^\| batch (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)}
@@ -107,8 +107,8 @@ def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path)
                    env=env, check=True, timeout=1200)
     text = out.read_text()
     assert re.search(r"^Machine: .+, \d+ cores, .+; device cpu; torch ", text, re.M)  # figures say where they are from
-    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
-        assert re.search(rf"^\| fresh clone, `dvc repro`: {stage} \| [\d.]+ \|$", text, re.M), stage
-    assert "- `--quick`: the fresh clone's repro only" in text
+    stages = re.findall(r"^\| fresh clone, `dvc repro`: (\w+) \| [\d.]+ \|$", text, re.M)
+    assert stages == ["download", "prepare", "normalize"], stages  # --quick: the data stages
+    assert "- `--quick`: the fresh clone's repro of the data stages only" in text
     leaves = int(re.search(r"`dvc exp show --json`: (\d+) metric values", text).group(1))
     assert 0 < leaves <= 20
