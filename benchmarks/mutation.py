@@ -190,6 +190,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "resuming a run only saves time: its results are bit for bit those of a fresh run (tested), and the "
         "driver reports the resumed epochs from its own checkpoints either way",
     ("training/fanout.py", r"ray\.wait\(list\(futures\), \)"): "ray.wait returns one ready future by default",
+    ("training/fanout.py", r'get_assigned_resources\(\)\.get\("CPU", (None|1\.0)?\)'):
+        "a task always holds CPUs (FOLDWISE_RAY_CPUS=0 is refused): the default for a missing entry is never read",
+    ("training/fanout.py", r'^\+\s+self\._ray: Any = ""$'):
+        "__enter__ sets it before any use; used without __enter__, None and '' fail alike (AttributeError)",
+    ("training/fanout.py", r"self\.__exit__\(None, None,? ?\)"): "__exit__(*exc) ignores its arguments",
+    ("training/fanout.py", r"^\+\s+self\._started = (None|True)$"):
+        "__exit__ runs once per __enter__ (a with block): what it leaves in _started is never read again",
+    ("training/fanout.py", r"ray\.cancel\(future, (force=(None|False))?\)"):
+        "a cancelled run stops either way: without force Ray raises KeyboardInterrupt in the task's Python "
+        "loop, with force it kills the worker; the stage has already failed or stopped",
     ("training/fanout.py", r"ray\.init\(address=s\.address, \)"):
         "init_kwargs are for the tests' local Ray; a stage joining a cluster has none (Ray refuses num_cpus there)",
     ("training/fanout.py", r"^\+\s+self\.gpus = (None|1\.0)$"): "__enter__ sets the GPUs per run before any use",

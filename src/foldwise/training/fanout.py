@@ -37,6 +37,7 @@ from foldwise.training.engine import choose_device
 
 RAY_ENV, CPUS_ENV, GPUS_ENV = "FOLDWISE_RAY", "FOLDWISE_RAY_CPUS", "FOLDWISE_RAY_GPUS"
 OFF = ("", "off", "0", "false", "no")
+CONNECT_SECONDS = 5.0  # how long a cluster's address may take to answer
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,20 @@ def train_task(split: SplitArrays, num_classes: int, p: Params, spec: RunSpec,
     return result, {**_placement(gpus), "device": str(device), "start": started, "end": time.time()}
 
 
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) that nothing answers at is one line within
+    ``CONNECT_SECONDS``: Ray itself retries such an address for many minutes without a word."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto" and names Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise UserError(f"{RAY_ENV}={address}: cannot join that Ray cluster (nothing answers at {host}:{port}: "
+                        f"{exc.strerror or type(exc).__name__}); start it with `ray start --head`, "
+                        f"or use {RAY_ENV}=local") from None
+
+
 class RayFanout:
     """A ``crossval.Fanout`` onto Ray; a context manager that connects and (for ``local``) stops Ray.
 
@@ -138,6 +153,7 @@ class RayFanout:
             if s.address == "local":
                 ray.init(address="local", include_dashboard=False, **self.init_kwargs)
             else:
+                _check_reachable(s.address)
                 try:
                     ray.init(address=s.address, **self.init_kwargs)
                 except (ConnectionError, ValueError, RuntimeError) as exc:
