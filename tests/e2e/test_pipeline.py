@@ -246,7 +246,7 @@ def test_sigkilled_crossval_resumes_to_the_metrics_of_an_uninterrupted_run(repo)
     after_resume = {name: (repo / name).read_bytes() for name in outputs}
     live = sorted((repo / "reports/live/crossval").rglob("*.tsv"))
     live_after_resume = [path.read_bytes() for path in live]
-    run(repo, "dvc", "repro", "--force", "crossval")  # the same params, uninterrupted
+    run(repo, "dvc", "repro", "--force", "--single-item", "crossval")  # the same params, uninterrupted
     assert {name: (repo / name).read_bytes() for name in outputs} == after_resume
     assert [path.read_bytes() for path in live] == live_after_resume  # dvclive's curves too
     set_params(repo / "params.yaml", {"epochs": "2"})
