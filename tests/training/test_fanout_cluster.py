@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 
 import pytest
 
 from foldwise.core.errors import UserError
+from foldwise.training import fanout
 from foldwise.training.crossval import run_crossval
 from foldwise.training.fanout import RayFanout, RaySettings
 from tests.training.test_fanout import arrays, assert_same, sequential
@@ -66,26 +69,61 @@ def test_local_starts_a_ray_of_its_own_even_beside_a_running_cluster_and_stops_i
         cluster.shutdown()
 
 
-def test_a_cluster_address_nothing_answers_at_is_one_line_at_once():
-    """Ray would retry it for many minutes without a word."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+        return s.getsockname()[1]  # free once closed: nothing listens there
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line_at_once():
+    """Ray would retry it for many minutes without a word."""
+    port = free_port()
     assert not ray.is_initialized()
-    started = time.monotonic()
-    with pytest.raises(UserError) as info:
-        RayFanout(RaySettings(f"127.0.0.1:{port}", cpus=1)).__enter__()
-    assert str(info.value) == (f"FOLDWISE_RAY=127.0.0.1:{port}: cannot join that Ray cluster (nothing answers at "
-                               f"127.0.0.1:{port}: Connection refused); start it with `ray start --head`, or use "
-                               f"FOLDWISE_RAY=local")
-    assert time.monotonic() - started < 5 and not ray.is_initialized()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        with pytest.raises(UserError) as info:
+            RayFanout(RaySettings(address, cpus=1)).__enter__()
+        assert str(info.value) == (f"FOLDWISE_RAY={address}: cannot join that Ray cluster (nothing answers at "
+                                   f"127.0.0.1:{port}: Connection refused); start it with `ray start --head`, or use "
+                                   f"FOLDWISE_RAY=local")
+        assert time.monotonic() - started < 5 and not ray.is_initialized()
+    with pytest.raises(UserError) as info:  # IPv6, in brackets: tried at ::1 (refused, or no IPv6 on this machine)
+        RayFanout(RaySettings(f"[::1]:{port}", cpus=1)).__enter__()
+    connect_errors = [os.strerror(e) for e in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENETUNREACH,
+                                               errno.EAFNOSUPPORT)]  # not a failed name lookup of "[::1]"
+    assert any(str(info.value).startswith(f"FOLDWISE_RAY=[::1]:{port}: cannot join that Ray cluster (nothing answers "
+                                          f"at [::1]:{port}: {reason}); ") for reason in connect_errors), info.value
+
+
+def test_an_address_that_never_answers_times_out_in_connect_seconds(monkeypatch):
+    """A server whose queue of connections is full drops new ones unanswered, as a firewall does."""
+    monkeypatch.setattr(fanout, "CONNECT_SECONDS", 0.5)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        waiting = [socket.socket() for _ in range(4)]
+        for client in waiting:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        try:
+            started = time.monotonic()
+            with pytest.raises(UserError) as info:
+                RayFanout(RaySettings(f"127.0.0.1:{port}", cpus=1)).__enter__()
+            assert time.monotonic() - started < 3
+        finally:
+            for client in waiting:
+                client.close()
+    assert f"(nothing answers at 127.0.0.1:{port}: timed out); " in str(info.value)
 
 
 def test_an_address_ray_cannot_read_is_one_line_naming_it(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "local")  # a fan-out that dropped the address would start a Ray instead
     assert not ray.is_initialized()
-    with pytest.raises(UserError) as info:
-        RayFanout(RaySettings("head-without-a-port", cpus=1)).__enter__()
-    assert str(info.value).startswith("FOLDWISE_RAY=head-without-a-port: cannot join that Ray cluster (")
-    assert str(info.value).endswith("); start it with `ray start --head`, or use FOLDWISE_RAY=local")
-    assert not ray.is_initialized()
+    for address in ("head-without-a-port", "127.0.0.1:no-port"):
+        with pytest.raises(UserError) as info:
+            RayFanout(RaySettings(address, cpus=1)).__enter__()
+        assert str(info.value).startswith(f"FOLDWISE_RAY={address}: cannot join that Ray cluster (")
+        assert str(info.value).endswith("); start it with `ray start --head`, or use FOLDWISE_RAY=local")
+        assert "nothing answers" not in str(info.value)  # Ray's own reason: the address cannot be read
+        assert not ray.is_initialized()

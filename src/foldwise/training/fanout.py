@@ -122,14 +122,13 @@ def _check_reachable(address: str) -> None:
     """A ``host:port`` (or ``ray://host:port``) that nothing answers at is one line within
     ``CONNECT_SECONDS``: Ray itself retries such an address for many minutes without a word."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():  # "auto" and names Ray resolves itself
+    if not host or not port.isdigit():  # "auto", a name without a port, a bad port: Ray's own checks
         return
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    try:  # an IPv6 host comes in brackets: [::1]:6379
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as exc:
         raise UserError(f"{RAY_ENV}={address}: cannot join that Ray cluster (nothing answers at {host}:{port}: "
-                        f"{exc.strerror or type(exc).__name__}); start it with `ray start --head`, "
-                        f"or use {RAY_ENV}=local") from None
+                        f"{exc.strerror or exc}); start it with `ray start --head`, or use {RAY_ENV}=local") from None
 
 
 class RayFanout:
