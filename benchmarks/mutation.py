@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "mutation.md"
 MUTANTS = ROOT / "mutants" / "src" / "foldwise"
 TIMES = ROOT / "mutants" / "run-seconds.json"  # how long the last run took: {"full": s, "survivors": s}
-# Code that runs only in processes a test starts (torchrun's ranks): mutmut picks a mutant's tests by
-# what ran in the test's own process, so it never runs these against the mutants. ``--outside``
+# Code that runs only in processes a test starts (torchrun's ranks, Ray's workers, which import the package
+# from PYTHONPATH, not mutmut's mutants/): mutmut picks a mutant's tests by what ran in the test's own
+# process, and those processes run the code unmutated. ``--outside``
 # applies each mutant of these modules left alive to a scratch copy of the project (``mutmut apply``)
 # and runs the tests named here there: one that fails kills it. Verdicts in OUTSIDE_RESULTS.
 OUTSIDE: dict[str, list[str]] = {
@@ -46,6 +47,9 @@ OUTSIDE: dict[str, list[str]] = {
     # fit's DDP branches: the two-process equivalence first (13 s), then the train stage under torchrun
     "training/engine.py": ["tests/training/test_ddp.py::test_two_ddp_processes_train_exactly_what_one_process_trains",
                            "tests/training/test_ddp.py::test_two_gloo_processes_train_the_same_twice_and_only_rank_0_writes"],
+    # what runs inside Ray's workers (train_task, _placement): they import the package from PYTHONPATH
+    "training/fanout.py": ["tests/training/test_fanout.py::test_each_run_holds_the_cpus_it_asks_for",
+                           "tests/training/test_fanout.py::test_ray_crossval_gives_the_sequential_tables_bit_for_bit"],
 }
 OUTSIDE_RESULTS = ROOT / "mutants" / "outside.json"
 # mutmut's statuses (mutmut.stats.status_by_exit_code), plus ours for the equivalent ones

@@ -125,7 +125,7 @@ def _check_reachable(address: str) -> None:
     if not host or not port.isdigit():  # "auto", a name without a port, a bad port: Ray's own checks
         return
     try:  # an IPv6 host comes in brackets: [::1]:6379
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+        socket.create_connection((host.removeprefix("[").removesuffix("]"), int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as exc:
         raise UserError(f"{RAY_ENV}={address}: cannot join that Ray cluster (nothing answers at {host}:{port}: "
                         f"{exc.strerror or exc}); start it with `ray start --head`, or use {RAY_ENV}=local") from None
