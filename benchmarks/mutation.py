@@ -200,7 +200,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "__enter__ sets it before any use; used without __enter__, None and '' fail alike (AttributeError)",
     ("training/fanout.py", r"self\.__exit__\(None, None,? ?\)"): "__exit__(*exc) ignores its arguments",
     ("training/fanout.py", r"^\+\s+self\._started = (None|True)$"):
-        "__exit__ runs once per __enter__ (a with block): what it leaves in _started is never read again",
+        "_started is read only by __exit__'s `if self._started:`, where None is as false as False; and __exit__ "
+        "runs once per __enter__ (a with block): what it leaves there is never read again",
     ("training/fanout.py", r"ray\.cancel\(future, (force=(None|False))?\)"):
         "a cancelled run stops either way: without force Ray raises KeyboardInterrupt in the task's Python "
         "loop, with force it kills the worker; the stage has already failed or stopped",
