@@ -47,7 +47,7 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 # thread per process: two workers' stages with torch's default of one thread per core oversubscribe the
 # 2 cores, and a pair of digits `dvc repro`s side by side took 36 s instead of 39-46 s.
 test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser sshd lint
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 # tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
 quick: $(STAMP) $(PLOTS_TEMPLATE) lint

@@ -88,11 +88,38 @@ BOTH_SIDES = {"tests/training/test_fanout.py": {"foldwise.training.fanout"},
               "tests/inference/test_export.py": {"foldwise.inference.export"}}
 
 
+# ``make test``'s modules, slowest first (seconds of one run on 2 cores, summed over the module's tests).
+# Two workers, each taking the next module when it is free, finish together when the longest modules
+# start first: pytest-xdist's own order (most tests first) left the slow e2e modules, which have few
+# tests, for last, and one worker ran on alone. A module not listed runs after them (e2e ones first).
+# Only the order changes: a stale figure can cost minutes, never fail a test.
+SLOWEST_FIRST = {"tests/e2e/test_pipeline.py": 226, "tests/e2e/test_experiments.py": 197,
+                 "tests/e2e/test_sharing.py": 165, "tests/e2e/test_datasets.py": 125,
+                 "tests/e2e/test_predict.py": 113, "tests/e2e/test_scale_out.py": 88, "tests/e2e/test_live.py": 72,
+                 "tests/training/test_fanout.py": 66, "tests/e2e/test_benchmarks.py": 54,
+                 "tests/training/test_ddp.py": 49, "tests/inference/test_export.py": 48,
+                 "tests/training/test_fanout_cluster.py": 38, "tests/training/test_models.py": 29}
+
+
+def slowest_first(items: list) -> list:
+    """``items`` with whole modules in ``SLOWEST_FIRST``'s order, each module's tests in their own order."""
+    def rank(module: str) -> tuple[float, bool]:
+        return -SLOWEST_FIRST.get(module, 0), not module.startswith("tests/e2e/")
+
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    return [item for module in sorted(modules, key=rank) for item in modules[module]]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under mutmut (``make mutation``), cheapest tests first: mutmut runs a mutant's tests with ``-x``
+    """Plain runs: modules slowest first (``slowest_first``; ``make test`` keeps that order with
+    ``--no-loadscope-reorder``).
+
+    Under mutmut (``make mutation``), cheapest tests first: mutmut runs a mutant's tests with ``-x``
     in the order of a set, so a mutant a 0.1 s test kills could wait on a 26 s DDP test first. Modules
     stay contiguous (their module fixtures are set up once), ordered by their cheapest test; the
-    durations are the ones mutmut measured (``mutants/mutmut-stats.json``). Plain runs are untouched.
+    durations are the ones mutmut measured (``mutants/mutmut-stats.json``).
 
     Tests that compare two paths through the same code (Ray with the sequential loop, torchrun's
     processes with one process, ONNX with torch) run only against mutants of the module where the two
@@ -101,6 +128,7 @@ def pytest_collection_modifyitems(config, items):
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     stats = Path("mutmut-stats.json")
     if not mutant or mutant in ("stats", "fail", "list_all_tests") or not stats.is_file():
+        items[:] = slowest_first(items)
         return
     module = mutant.rsplit(".", 1)[0]  # foldwise.training.crossval.x_run_crossval__mutmut_5 -> its module
     kept = [item for item in items if module in BOTH_SIDES.get(item.nodeid.split("::")[0], {module})]

@@ -46,3 +46,21 @@ def test_a_pixel_array_that_disagrees_with_the_manifest_is_named(tmp_path):
     np.save(tmp_path / "valid.npy", np.zeros((3, 1, 12, 12), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"valid\.npy: uint8 \(3, 1, 12, 12\) does not hold the 10 images.*prepare"):
         decode_all(split_files(tmp_path, "valid"))
+
+
+def test_images_at_reads_a_splits_images_by_position_without_importing_torch(tmp_path):
+    """The plots stage's galleries: importing torch would add about 2 s to each plots run."""
+    import subprocess
+    import sys
+
+    prepare({"train": make_images(40, seed=5), "test": make_images(10, seed=6)}, tuple(CLASSES), tmp_path, 10, 0, 0)
+    indices = np.array([7, 0, 3])
+    expected = decode_all(split_files(tmp_path, "test"))[torch.as_tensor(indices)].numpy()
+    script = ("import sys; import numpy as np; from foldwise.data.layout import images_at; "
+              f"a = images_at({str(tmp_path)!r}, 'test', np.array({indices.tolist()})); "
+              f"e = images_at({str(tmp_path)!r}, 'test', np.array([], dtype=int)); "
+              "np.save(sys.argv[1], a); print(e.shape, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "got.npy")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["(0,", "1,", "12,", "12)", "False"]
+    assert np.array_equal(np.load(tmp_path / "got.npy"), expected)

@@ -134,3 +134,24 @@ def test_sample_gallery_marks_only_mistakes_red_and_an_empty_one_still_draws(tmp
     figures.save(figures.gallery(np.zeros((0, 1, 8, 8), np.uint8), rows.iloc[:0], "no mistakes"),
                  tmp_path / "empty.png")
     assert_png(tmp_path / "empty.png", min_size=(100, 100))
+
+
+def test_the_reliability_diagram_names_each_ece_and_needs_no_torch():
+    """The plots stage draws it: importing torch would add about 2 s to each plots run."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import pandas as pd
+from foldwise.reporting import figures
+bins = pd.DataFrame({"probabilities": ["uncalibrated"] * 2 + ["calibrated"] * 2, "lower": [0.5, 0.75] * 2,
+                     "upper": [0.75, 1.0] * 2, "count": [3, 1, 0, 4], "confidence": [0.6, 0.9, float("nan"), 0.8],
+                     "accuracy": [0.4, 1.0, float("nan"), 0.75]})
+fig = figures.reliability_diagram(bins, "single", 1.234)
+print([t.get_text() for t in fig.axes[0].get_legend().get_texts()], "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    # ECE: (3 x 0.2 + 1 x 0.1) / 4 = 0.175 uncalibrated; 4 x 0.05 / 4 = 0.05 calibrated
+    assert out.strip() == ("['perfect calibration', 'uncalibrated: ECE 0.1750', "
+                           "'calibrated (T = 1.234): ECE 0.0500'] False")

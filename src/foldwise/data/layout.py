@@ -50,6 +50,11 @@ def _decode(path: Path) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def _shape(path: Path) -> tuple[int, int, int]:
+    with Image.open(path) as im:
+        return len(im.getbands()), im.size[1], im.size[0]
+
+
 class PngFiles:
     """Image files with labels; item i is (uint8 C x H x W tensor, label). Nothing decoded up front.
 
@@ -80,18 +85,23 @@ class PngFiles:
     @property
     def shape(self) -> tuple[int, int, int]:
         """C x H x W of the first image (prepare makes them all the same)."""
-        with Image.open(self.paths[0]) as im:
-            return len(im.getbands()), im.size[1], im.size[0]
+        return _shape(self.paths[0])
+
+
+def _split_rows(prepared_dir: Path, split: str) -> pd.DataFrame:
+    """The manifest rows of ``split``, in manifest order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    rows = read_manifest(prepared_dir).query("split == @split")
+    if rows.empty:
+        raise ValueError(f"{prepared_dir / MANIFEST}: split {split!r} has no images")
+    return rows
 
 
 def split_files(prepared_dir: str | Path, split: str) -> PngFiles:
     """The files and labels of ``split``, from the manifest."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     prepared_dir = Path(prepared_dir)
-    rows = read_manifest(prepared_dir).query("split == @split")
-    if rows.empty:
-        raise ValueError(f"{prepared_dir / MANIFEST}: split {split!r} has no images")
+    rows = _split_rows(prepared_dir, split)
     import torch
 
     labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
@@ -100,11 +110,14 @@ def split_files(prepared_dir: str | Path, split: str) -> PngFiles:
 
 
 def images_at(prepared_dir: str | Path, split: str, indices: np.ndarray) -> np.ndarray:
-    """Images ``indices`` (positions in the split, as evaluate numbers them) as uint8 N x C x H x W."""
-    files = split_files(prepared_dir, split)
+    """Images ``indices`` (positions in the split, as evaluate numbers them) as uint8 N x C x H x W.
+
+    Without torch: the plots stage reads its galleries here."""
+    prepared_dir = Path(prepared_dir)
+    paths = [prepared_dir / p for p in _split_rows(prepared_dir, split)["path"]]
     if len(indices) == 0:
-        return np.zeros((0, *files.shape), dtype=np.uint8)
-    return np.stack([_decode(files.paths[int(i)]).transpose(2, 0, 1) for i in indices])
+        return np.zeros((0, *_shape(paths[0])), dtype=np.uint8)
+    return np.stack([_decode(paths[int(i)]).transpose(2, 0, 1) for i in indices])
 
 
 def decode_all(files: PngFiles) -> torch.Tensor:

@@ -12,9 +12,14 @@ tensors, and integer labels.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-import torch
-import torch.nn.functional as F
+
+# torch is imported where a tensor is made: the plots stage needs only ``ece_of``, and importing
+# torch would add about 2 s to each of its runs.
+if TYPE_CHECKING:
+    import torch
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al.'s choice)
 
@@ -22,6 +27,8 @@ ECE_BINS = 15  # equal-width confidence bins (Guo et al.'s choice)
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> pd.DataFrame:
     """Per confidence bin ``(lower, upper]`` (the first also holds 0): images, their mean confidence
     (the predicted class's probability) and their accuracy; empty bins have NaN means."""
+    import torch
+
     confidence, predicted = probs.double().max(1)
     correct = (predicted == labels.to(predicted.device)).double()
     edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
@@ -48,6 +55,8 @@ def ece_of(table: pd.DataFrame) -> float:
 
 def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean negative log-likelihood of the true class (nats per image) of normalised log-probabilities."""
+    import torch.nn.functional as F
+
     return float(F.nll_loss(log_probs.double(), labels.to(log_probs.device)).item())
 
 
@@ -57,6 +66,9 @@ def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
     Optimised over log T (so T stays positive) with LBFGS and a strong-Wolfe line search, from
     T = 1, in float64 on the CPU: the same inputs give the same T on any machine.
     """
+    import torch
+    import torch.nn.functional as F
+
     z, y = log_probs.detach().double().cpu(), labels.cpu()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, tolerance_grad=1e-10,
@@ -74,4 +86,6 @@ def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 def scale(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probabilities after temperature scaling (normalised again)."""
+    import torch.nn.functional as F
+
     return F.log_softmax(log_probs.double() / temperature, dim=1)
