@@ -279,13 +279,13 @@ def test_a_model_damaged_in_dvcs_cache_is_refused_by_evaluate_and_rebuilt_by_rep
     assert "error: models/model.pt is damaged: its sha256 is " in output
     fix = (f"(recorded in models/model.json); restore it from DVC's cache with `dvc checkout -f "
            f"models/model.pt`; if this error comes back, the cached copy is damaged too: delete it "
-           f"(`rm -f \"$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}\"`) and train again: `dvc repro -f train`")
+           f"(`rm -f \"$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}\"`) and train again: `dvc repro -f -s train`")
     assert fix in output, output
     run(repo, "dvc", "checkout", "-f", "models/model.pt")  # the first fix: no help, the cache is damaged
     assert run(repo, "dvc", "repro", "-f", "-s", "evaluate", ok=False).returncode != 0
     run(repo, "dvc", "repro", "-f", "-s", "train")  # without the second fix's rm: DVC re-links its damaged copy
     assert (repo / "models/model.pt").read_bytes() == bytes(data)
-    run(repo, "bash", "-c", fix.split("(`")[1].split("`)")[0] + " && dvc repro -f -s train")  # as the error says
+    run(repo, "bash", "-c", " && ".join(re.findall(r"`(rm -f [^`]*|dvc repro [^`]*)`", fix)))  # as the error says
     assert cached.read_bytes() != bytes(data) and "models/model.pt" not in run(repo, "dvc", "status").stdout
     run(repo, "dvc", "repro", "-f", "-s", "evaluate")
     assert (repo / "reports/metrics.json").read_bytes() == metrics

@@ -101,7 +101,7 @@ def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path, predictor):
         open_session(junk)
     assert str(info.value) == (f"{junk} is not a foldwise ONNX predictor (InvalidProtobuf: [ONNXRuntimeError] : 7 : "
                                f"INVALID_PROTOBUF : Load model from {junk} failed:Protobuf parsing failed.); write it "
-                               "again with `dvc repro -f export`")
+                               "again with `dvc repro -f -s export`")
     export_onnx(predictor, tmp_path / "m.onnx")
     model = onnx.load(str(tmp_path / "m.onnx"))
     del model.metadata_props[:]  # an ONNX model, but not one foldwise wrote
@@ -109,7 +109,7 @@ def test_a_file_that_is_not_our_onnx_is_one_line(tmp_path, predictor):
     with pytest.raises(UserError) as info:
         open_session(tmp_path / "foreign.onnx")
     assert str(info.value) == (f"{tmp_path / 'foreign.onnx'} is not a foldwise ONNX predictor (KeyError: 'foldwise'); "
-                               "write it again with `dvc repro -f export`")
+                               "write it again with `dvc repro -f -s export`")
 
 
 def test_onnxruntime_runs_on_cuda_when_it_can_and_always_falls_back_to_the_cpu():

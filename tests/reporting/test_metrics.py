@@ -75,3 +75,24 @@ def test_headline_metrics_are_the_single_model_the_ensemble_tta_and_the_used_mod
     assert headline_metrics(rows, "single", None) == {
         "test": {"loss": pytest.approx(0.10), "accuracy": 0.90, "macro_f1": pytest.approx(0.89)},
         "calibration": {"ece_before": 0.05, "ece": 0.02}}
+
+
+def test_torchvisions_version_is_read_without_importing_it(monkeypatch, tmp_path):
+    """evaluate's provenance: importing torchvision would cost each evaluate run about a second."""
+    import importlib.metadata
+    import importlib.util
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import torchvision
+
+    script = ("import sys; from foldwise.reporting.metrics import torchvision_version; "
+              "print(torchvision_version(), 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [torchvision.__version__, "False"]
+    # a torchvision without version.py: the package metadata's version (no build tag)
+    from foldwise.reporting import metrics
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(origin=str(tmp_path / "x.py")))
+    assert metrics.torchvision_version() == importlib.metadata.version("torchvision")

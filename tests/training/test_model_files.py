@@ -67,7 +67,7 @@ def test_a_damaged_or_truncated_model_is_a_one_line_error_naming_file_and_fix(tm
     flipped[middle:middle + 16] = bytes(b ^ 0xFF for b in flipped[middle:middle + 16])
     path.write_bytes(bytes(flipped))
     load_checkpoint(path, torch.device("cpu"))  # what happened before: no check, no error
-    fix = f"`dvc checkout -f {path}`.*`dvc repro -f train`"
+    fix = f"`dvc checkout -f {path}`.*`dvc repro -f -s train`"
     with pytest.raises(UserError, match=rf"^{path} is damaged: its sha256 is [0-9a-f]{{64}}, but train wrote "
                                         rf"{sha256} \(recorded in {record}\); .*{fix}"):
         load_checkpoint(path, torch.device("cpu"), sha256, str(record))
@@ -81,7 +81,7 @@ def test_a_damaged_or_truncated_model_is_a_one_line_error_naming_file_and_fix(tm
     with pytest.raises(UserError, match=rf"^{path} is missing; .*{fix}"):
         load_checkpoint(path, torch.device("cpu"), sha256)
     record.write_text('{"path": "models/model.pt"}')
-    with pytest.raises(UserError, match="no sha256 of the model in it; train again: `dvc repro -f train`"):
+    with pytest.raises(UserError, match="no sha256 of the model in it; train again: `dvc repro -f -s train`"):
         read_record(record)
 
 
@@ -109,7 +109,7 @@ def test_fold_models_are_written_whole_and_loaded_checked(tmp_path, tiny_set, ti
     fold1 = folder / "l2/fold1.pt"
     fold1.write_bytes(fold1.read_bytes()[:-10])
     with pytest.raises(UserError, match=rf"^{fold1} is damaged: .* but crossval wrote .*recorded in "
-                                        rf"{folder / 'folds.json'}.*`dvc repro -f crossval`"):
+                                        rf"{folder / 'folds.json'}.*`dvc repro -f -s crossval`"):
         load_fold_models(folder, "l2", torch.device("cpu"), final)
 
 
@@ -124,7 +124,7 @@ def test_fold_models_of_other_data_or_no_record_are_refused(tmp_path, tiny_set, 
     with pytest.raises(UserError, match=r"fold0.pt was trained with other stats than the final model.*`dvc repro`"):
         load_fold_models(folder, "l2", torch.device("cpu"), final)
     (folder / "folds.json").unlink()
-    with pytest.raises(UserError, match=r"folds.json: not crossval's record .*`dvc repro -f crossval`"):
+    with pytest.raises(UserError, match=r"folds.json: not crossval's record .*`dvc repro -f -s crossval`"):
         load_fold_models(folder, "l2", torch.device("cpu"), final)
 
 
@@ -169,7 +169,7 @@ def test_every_model_file_error_says_exactly_how_to_get_a_good_copy_back(tmp_pat
     assert model_record(path, sha256) == {"path": path, "sha256": sha256, "bytes": (tmp_path / path).stat().st_size}
     wrong = "0" * 64
     restore = (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the cached "
-               f"copy is damaged too: delete it ({{cached}}) and train again: `dvc repro -f {{stage}}`")
+               f"copy is damaged too: delete it ({{cached}}) and train again: `dvc repro -f -s {{stage}}`")
     generic = "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/"
     with pytest.raises(UserError) as error:
         load_checkpoint(path, cpu, wrong)
@@ -208,7 +208,7 @@ def test_every_model_file_error_says_exactly_how_to_get_a_good_copy_back(tmp_pat
     record = tmp_path / "model.json"
     record.write_text("not json")
     with pytest.raises(UserError, match=r"^.*model\.json: not a model record \(.+\); train again: "
-                                        r"`dvc repro -f train`$"):
+                                        r"`dvc repro -f -s train`$"):
         read_record(record)
 
 

@@ -128,7 +128,7 @@ def decode_all(files: PngFiles) -> torch.Tensor:
         array = np.load(files.pixels, allow_pickle=False)
         if array.dtype != np.uint8 or array.ndim != 4 or len(array) != len(files):
             raise ValueError(f"{files.pixels}: {array.dtype} {array.shape} does not hold the {len(files)} "
-                             f"images of the manifest; run the prepare stage again (dvc repro -f prepare)")
+                             f"images of the manifest; run the prepare stage again (dvc repro -f -s prepare)")
         return torch.from_numpy(array)
     arrays = [_decode(p) for p in files.paths]  # threads measured 3x slower (GIL)
     shapes = {a.shape for a in arrays}

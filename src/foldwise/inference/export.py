@@ -83,7 +83,7 @@ def open_session(path: str | Path) -> tuple[Any, dict[str, Any]]:
         summary = json.loads(session.get_modelmeta().custom_metadata_map[META])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are its own classes
         raise UserError(f"{path} is not a foldwise ONNX predictor ({cause(exc)}); "
-                        f"write it again with `dvc repro -f export`") from None
+                        f"write it again with `dvc repro -f -s export`") from None
     return session, summary
 
 

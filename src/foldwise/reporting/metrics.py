@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +30,27 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
+def torchvision_version() -> str:
+    """``torchvision.__version__`` (with its build tag, e.g. 0.29.2+cu132, which the package metadata
+    lacks) read from its version.py: importing torchvision would cost evaluate about a second."""
+    import ast
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    try:
+        source = Path(spec.origin).with_name("version.py").read_text()
+        line = next(line for line in source.splitlines() if line.startswith("__version__ = "))
+        return str(ast.literal_eval(line.split("=", 1)[1].strip()))
+    except (AttributeError, TypeError, OSError, StopIteration, ValueError, SyntaxError):
+        return importlib.metadata.version("torchvision")  # a layout this torchvision does not have
+
+
 def provenance(p: Params, variant: str, device: torch.device) -> dict[str, Any]:
     """What produced a result: data, model, variant, seed, device and library versions."""
-    import torchvision  # its build tag (+cu132) is not in the package metadata; 1-2 s to import
-
     return {
         "dataset": p.dataset, "model": p.model, "variant": variant, "seed": p.seed,
-        "device": device.type, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "device": device.type, "torch": torch.__version__, "torchvision": torchvision_version(),
         "python": platform.python_version(),
     }
 

@@ -62,9 +62,9 @@ def read_record(path: str | Path) -> str:
     try:
         sha256 = json.loads(Path(path).read_text()).get("sha256", "")
     except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path}: not a model record ({exc}); train again: `dvc repro -f train`") from None
+        raise UserError(f"{path}: not a model record ({exc}); train again: `dvc repro -f -s train`") from None
     if not isinstance(sha256, str) or len(sha256) != 64:
-        raise UserError(f"{path}: no sha256 of the model in it; train again: `dvc repro -f train`")
+        raise UserError(f"{path}: no sha256 of the model in it; train again: `dvc repro -f -s train`")
     return sha256
 
 
@@ -74,7 +74,7 @@ def _restore(path: str | Path, stage: str = "train") -> str:
     cached = (f'`rm -f "$(dvc cache dir)/files/md5/{md5[:2]}/{md5[2:]}"`' if md5 else
               "the file named by its md5 in dvc.lock under `dvc cache dir`/files/md5/")
     return (f"restore it from DVC's cache with `dvc checkout -f {path}`; if this error comes back, the "
-            f"cached copy is damaged too: delete it ({cached}) and train again: `dvc repro -f {stage}`")
+            f"cached copy is damaged too: delete it ({cached}) and train again: `dvc repro -f -s {stage}`")
 
 
 def load_checkpoint(path: str | Path, device: torch.device, sha256: str = "",
@@ -143,7 +143,7 @@ def read_fold_record(folder: str | Path) -> dict[str, Any]:
         record["variants"].items()
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: not crossval's record of its fold models ({exc}); "
-                        f"run crossval again: `dvc repro -f crossval`") from None
+                        f"run crossval again: `dvc repro -f -s crossval`") from None
     return record
 
 
