@@ -49,9 +49,10 @@ run: $(STAMP) $(PLOTS_TEMPLATE)
 test: $(STAMP) $(RAY_STAMP) $(PLOTS_TEMPLATE) browser sshd lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
-# tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md
+# tests/e2e/ and tests marked slow left out (pyproject.toml's markers); docs/development.md.
+# Two workers, one torch thread each, as in make test: 55 s instead of 72-80 s in one process.
 quick: $(STAMP) $(PLOTS_TEMPLATE) lint
-	$(BIN)/pytest -q -m "not e2e and not slow"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 -m "not e2e and not slow"
 
 # ruff, configured in pyproject.toml
 lint: $(STAMP)
