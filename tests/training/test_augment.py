@@ -73,3 +73,29 @@ def test_padding_is_checked_against_the_shorter_side_of_non_square_images():
     with pytest.raises(ValueError, match=r"^augment_padding: 7 is too large for 10x6 images; valid: 0 to 5 pixels$"):
         check_augment((1, 10, 6), p)
     check_augment((1, 6, 10), dataclasses.replace(p, augment=False))  # not augmenting: any padding
+
+
+def test_alternating_flips_show_each_image_both_ways_in_any_two_consecutive_epochs():
+    """``augment_flip: alternate``: a random half mirrored in epoch 1, then each image in every other
+    epoch; per image, whatever batch it comes in, the same in every DDP process (``flip_seed``)."""
+    p = dataclasses.replace(Params(), augment=True, augment_padding=0, augment_flip="alternate")
+    x = torch.randn(100, 1, 4, 6)
+    images = torch.randperm(100, generator=torch.Generator().manual_seed(3))  # one epoch's order
+
+    def mirrored(epoch: int, augmenter: Augmenter) -> torch.Tensor:
+        out = torch.cat([augmenter(x[b], b, epoch) for b in images.split(32)])  # batches of 32, last 4
+        flipped = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, x[images])])
+        kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x[images])])
+        assert bool((flipped | kept).all())
+        return flipped[images.argsort()]  # by image
+
+    augmenter = Augmenter(p, seed=0, images=100, flip_seed=7)
+    first, second, third = (mirrored(e, augmenter) for e in (1, 2, 3))
+    assert 30 < int(first.sum()) < 70
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    other_process = Augmenter(p, seed=1_000_003, images=100, flip_seed=7)
+    assert torch.equal(mirrored(1, other_process), first)
+    assert not torch.equal(mirrored(1, Augmenter(p, seed=0, images=100, flip_seed=8)), first)
+    assert flip_allowed(dataclasses.replace(p, dataset="digits"))  # asked for: also test-time flips
+    with pytest.raises(ValueError, match="alternating flips need each image's position"):
+        augmenter(x)

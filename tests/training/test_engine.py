@@ -542,3 +542,114 @@ def test_plateau_in_fit_follows_torch_on_the_valid_losses_it_saw(tiny_set, tiny_
         replay.step(row["valid_loss"])
     assert [r["lr"] for r in result.history] == pytest.approx(expected)
     assert len(set(expected)) > 1  # it did decay
+
+
+def test_label_smoothing_trains_on_torchs_smoothed_loss_and_reports_the_true_class_cross_entropy(
+        tiny_set, tiny_stats, tiny_params):
+    """Two SGD steps by hand with ``cross_entropy(label_smoothing=0.2)``; the epoch's reported loss is
+    the plain cross-entropy, so it compares with runs without smoothing."""
+    train, _ = train_valid(tiny_set, tiny_stats)
+    p = sgd_params(tiny_params, lr=0.5, batch_size=30, label_smoothing=0.2)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    by_hand = copy.deepcopy(model)
+    source = RecordingSource(train.x, train.labels)
+    loss, _ = train_one_epoch(model, source, make_optimizer(model, p), p, torch.Generator().manual_seed(0))
+    plain = []
+    for x, y in source.seen:
+        logits = by_hand(x)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y, label_smoothing=0.2), list(by_hand.parameters()))
+        with torch.no_grad():
+            for weight, grad in zip(by_hand.parameters(), grads):
+                weight -= 0.5 * grad
+        plain.append(F.cross_entropy(logits, y).item())
+    for ours, theirs in zip(model.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(sum(plain) / 2, rel=1e-6)
+
+
+def test_batchnorm_parameters_learn_at_bn_lr_factor_times_lr_through_the_whole_schedule(tiny_params):
+    p = dataclasses.replace(tiny_params, model="lenet", batchnorm=True, optimizer="sgd", lr=0.1, epochs=3,
+                            scheduler="onecycle", bn_lr_factor=3.0)
+    model = build_model((1, 12, 12), 3, p)
+    optimizer = make_optimizer(model, p)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    rest, bn = optimizer.param_groups
+    assert {id(t) for t in bn["params"]} == {id(t) for m in norms for t in m.parameters()}
+    assert len(rest["params"]) + len(bn["params"]) == len(list(model.parameters()))
+    schedule = Schedule(optimizer, p, 10)  # 30 steps: one-cycle's peak is step 8 (0.3 x 30 - 1)
+    peaks = [0.0, 0.0]
+    for _ in range(30):
+        assert bn["lr"] == pytest.approx(3 * rest["lr"], rel=1e-9)
+        peaks = [max(peak, group["lr"]) for peak, group in zip(peaks, optimizer.param_groups)]
+        optimizer.step()
+        schedule.after_batch()
+    assert peaks == pytest.approx([0.1, 0.3], rel=1e-6)  # one-cycle peaks at each group's own rate
+    assert len(make_optimizer(model, dataclasses.replace(p, bn_lr_factor=1.0)).param_groups) == 1
+
+
+@pytest.mark.parametrize("recipe", [{"augment_flip": "alternate", "label_smoothing": 0.1, "bn_lr_factor": 2.0},
+                                    {"ema": 0.9}, {"ema": 0.9, "patience": 1}])
+def test_a_run_with_the_speed_run_recipes_resumes_exactly(tiny_set, tiny_stats, tiny_params, recipe):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, model="lenet", epochs=3, augment=True, **recipe)
+    states = []
+    seed_everything(3)
+    whole_model = build_model((1, 12, 12), 3, p)
+    whole = fit(whole_model, train, valid, p, seed=3, checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    seed_everything(3)
+    resumed_model = build_model((1, 12, 12), 3, p)
+    resumed = fit(resumed_model, train, valid, p, seed=3, resume=states[0])
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_moving_average_is_decay_times_itself_plus_the_rest_times_the_new_weights(tiny_set, tiny_stats,
+                                                                                       tiny_params):
+    """One step per epoch (30 images, batches of 30): after step 1 the average is w1, after step 2
+    0.7 w1 + 0.3 w2, for weights and BatchNorm's running statistics alike."""
+    from foldwise.training.engine import moving_average
+
+    train, _ = train_valid(tiny_set, tiny_stats)
+    train = train.subset(np.arange(30))
+    p = dataclasses.replace(tiny_params, model="lenet", batchnorm=True, batch_size=30, ema=0.7)
+    seed_everything(0)
+    model = build_model((1, 12, 12), 3, p)
+    optimizer, average = make_optimizer(model, p), moving_average(model, 0.7)
+    seen = []
+    for epoch in (1, 2):
+        train_one_epoch(model, train, optimizer, p, torch.Generator().manual_seed(epoch), average=average)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+    averaged = average.module.state_dict()
+    floats = [k for k, v in seen[0].items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)
+    for k in floats:
+        torch.testing.assert_close(averaged[k], 0.7 * seen[0][k] + 0.3 * seen[1][k])
+        assert not torch.equal(seen[0][k], seen[1][k])
+
+
+def test_with_ema_fit_validates_and_keeps_the_average_and_trains_the_weights_as_without(tiny_set, tiny_stats,
+                                                                                        tiny_params):
+    train, valid = train_valid(tiny_set, tiny_stats)
+    p = dataclasses.replace(tiny_params, model="lenet", epochs=3)
+    runs = {}
+    for decay in (0.0, 0.8):
+        seed_everything(5)
+        model = build_model((1, 12, 12), 3, p)
+        states: list = []
+        result = fit(model, train, valid, dataclasses.replace(p, ema=decay), seed=5,
+                     checkpoint=lambda s, states=states: states.append(copy.deepcopy(s)))
+        runs[decay] = model, result, states
+    plain, averaged = runs[0.0], runs[0.8]
+    for a, b in zip(plain[2][-1]["model"].values(), averaged[2][-1]["model"].values()):
+        assert torch.equal(a, b)  # the weights trained are the same: the average only watches them
+    assert [r["train_loss"] for r in plain[1].history] == [r["train_loss"] for r in averaged[1].history]
+    model, result, _ = averaged
+    assert result.history[-1]["valid_loss"] == pytest.approx(evaluate(model, valid).loss, rel=1e-6)
+    assert result.history[-1]["valid_loss"] != plain[1].history[-1]["valid_loss"]
+    kept = dict(model.state_dict())
+    for key, value in averaged[2][-1]["average"].items():
+        if key.startswith("module."):
+            assert torch.equal(kept[key.removeprefix("module.")], value)  # the model ends with the average

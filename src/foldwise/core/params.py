@@ -65,7 +65,7 @@ class Params:
     # augmentation of training batches only
     augment: bool = False
     augment_padding: int = 2  # pixels, >= 0
-    augment_flip: bool | str = "auto"  # true, false or auto
+    augment_flip: bool | str = "auto"  # true, false, auto or alternate
     # optimisation
     optimizer: str = "adam"
     lr: float = 0.008  # > 0
@@ -73,6 +73,9 @@ class Params:
     nesterov: bool = False
     weight_decay: float = 0.0
     l1: float = 0.0  # >= 0
+    label_smoothing: float = 0.0  # a share of the target in [0, 1)
+    bn_lr_factor: float = 1.0  # a factor > 0 of lr
+    ema: float = 0.0  # a decay per step in [0, 1) (0: off)
     scheduler: str = "onecycle"
     step_size: int = 30  # epochs, >= 1
     gamma: float = 0.1  # a factor in (0, 1]
@@ -138,6 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("none", "step", "plateau", "cosine", "onecycle"),
     "fold_models": ("chosen", "all", "none"),
 }
+WORDS = {"augment_flip": ("auto", "alternate")}  # true | false | one of these; other such keys: auto
 LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
 # Keys a variant may override: everything that shapes one training run, not
 # the data or the CV protocol (a variant that changed the folds would not be
@@ -145,7 +149,7 @@ LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
 VARIANT_KEYS = (
     "model", "pretrained", "pretrained_path", "width", "hidden_sizes", "conv_channels", "batchnorm",
     "dropout", "init", "augment", "augment_padding", "augment_flip", "optimizer", "lr",
-    "momentum", "nesterov", "weight_decay", "l1", "scheduler", "step_size",
+    "momentum", "nesterov", "weight_decay", "l1", "label_smoothing", "bn_lr_factor", "ema", "scheduler", "step_size",
     "gamma", "plateau_patience", "warmup_epochs", "patience", "batch_size", "epochs",
 )
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
@@ -193,8 +197,10 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ParamsError(f"{where}{key}: expected a list of variant names, got {value!r}")
         return tuple(value)
     if kind == "bool | str":
-        if value not in (True, False, "auto"):
-            raise ParamsError(f"{where}{key}: expected true, false or auto, got {value!r}")
+        words = WORDS.get(key, ("auto",))
+        if value not in (True, False, *words):
+            options = ["true", "false", *words]
+            raise ParamsError(f"{where}{key}: expected {', '.join(options[:-1])} or {options[-1]}, got {value!r}")
         return value
     if kind == "int | tuple[int, int]":
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -232,6 +238,12 @@ def _check_ranges(p: Params, where: str = "") -> None:
 
     if not (0 <= p.dropout < 1):
         raise bad("dropout", "expected a probability in [0, 1)")
+    if not (0 <= p.label_smoothing < 1):
+        raise bad("label_smoothing", "expected the target's share spread over all classes, in [0, 1)")
+    if not (0 <= p.ema < 1):
+        raise bad("ema", "expected the average's decay per step, in [0, 1) (0 = off; 0.99 averages ~100 steps)")
+    if p.bn_lr_factor <= 0:
+        raise bad("bn_lr_factor", "expected a positive factor of lr (valid: > 0; 1 = the same lr)")
     for key in ("lr", "batch_size", "epochs", "step_size"):
         if getattr(p, key) <= 0:
             raise bad(key, "expected a positive value (valid: > 0)")

@@ -1,4 +1,5 @@
-"""Data augmentation of training batches: random crop after padding, random horizontal flip.
+"""Data augmentation of training batches: random crop after padding (a translation of up to
+``augment_padding`` pixels), random horizontal flip.
 
 Applied to whole batches on the training device, after normalisation, and
 never to validation or test batches. torchvision's ``v2.RandomCrop`` draws
@@ -7,6 +8,10 @@ flip, drawn from a seeded CPU generator, so runs repeat exactly and resume
 exactly on any device. Padding reflects the image (``v2.functional.pad``)
 rather than adding a border of one colour, which after normalisation would
 not be black.
+
+``augment_flip: alternate`` (from the CIFAR-10 speed runs, Keller Jordan's airbench): a random half of
+the images is mirrored in the first epoch, and every image is mirrored in every other epoch from then
+on, so any two consecutive epochs show each image both ways (random flips repeat a view half the time).
 """
 
 from __future__ import annotations
@@ -52,14 +57,23 @@ def check_augment(shape: tuple[int, ...], p: Params) -> None:
 
 
 class Augmenter:
-    """Random per-image crop (``augment_padding`` pixels each side) and horizontal flip."""
+    """Random per-image crop (``augment_padding`` pixels each side) and horizontal flip.
 
-    def __init__(self, p: Params, seed: int) -> None:
+    ``images``: how many images the training set has, and ``flip_seed`` the seed of their first-epoch
+    flips (``augment_flip: alternate`` only; the same in every DDP process, as the images are)."""
+
+    def __init__(self, p: Params, seed: int, images: int = 0, flip_seed: int = 0) -> None:
         self.padding = p.augment_padding
         self.flip = flip_allowed(p)
         self.generator = torch.Generator().manual_seed(seed + SEED_OFFSET)
+        self.first_flips = None
+        if p.augment_flip == "alternate":
+            drawn = torch.Generator().manual_seed(flip_seed + SEED_OFFSET)
+            self.first_flips = torch.rand(images, generator=drawn).lt(0.5)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, images: torch.Tensor | None = None, epoch: int = 1) -> torch.Tensor:
+        """``x`` augmented; ``images``: their positions in the training set, and ``epoch`` (from 1) the
+        epoch, which alternating flips need."""
         n, c, h, w = x.shape
         if self.padding:
             pad = self.padding
@@ -70,7 +84,12 @@ class Augmenter:
             batch = torch.arange(n, device=x.device)[:, None, None, None]
             channel = torch.arange(c, device=x.device)[None, :, None, None]
             x = padded[batch, channel, rows, cols]
-        if self.flip:
+        if self.first_flips is not None:
+            if images is None:
+                raise ValueError("alternating flips need each image's position in the training set")
+            flips = self.first_flips[images] ^ (epoch % 2 == 0)  # mirrored in epoch 1 or else in epoch 2
+            x = torch.where(_to(flips, x.device)[:, None, None, None], _tf().horizontal_flip(x), x)
+        elif self.flip:
             mirrored = _to(torch.rand(n, generator=self.generator).lt(0.5), x.device)[:, None, None, None]
             x = torch.where(mirrored, _tf().horizontal_flip(x), x)
         return x

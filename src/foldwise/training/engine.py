@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from foldwise.core.params import Params
 from foldwise.data.batches import BatchSource
@@ -95,15 +96,18 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
                     p: Params, generator: torch.Generator, schedule: Schedule | None = None,
                     augmenter: Augmenter | None = None,
                     on_step: Callable[[int, torch.Tensor, float], None] | None = None,
-                    group: Group = SINGLE) -> tuple[float, float]:
+                    group: Group = SINGLE, epoch: int = 1,
+                    average: AveragedModel | None = None) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns mean cross-entropy and accuracy.
 
     ``data`` is a batch source (``BatchSource``); the shuffling order is
     drawn here from a CPU generator, so every source and device sees the same
-    batches. ``augmenter`` (training only) transforms each batch. The
-    reported loss is the data term only, so runs with and without L1
-    compare. A trailing batch of one image is dropped: BatchNorm cannot train
-    on it. ``on_step(batches_done, loss, lr)`` (a monitor) gets each batch's
+    batches. ``augmenter`` (training only) transforms each batch (``epoch``, from 1: for its
+    alternating flips). The reported loss is the data term only, so runs with and without L1
+    compare; with ``label_smoothing`` it is still the cross-entropy with the true class, which the
+    smoothed loss trained on is a mix of, so runs with and without it compare too. ``average`` (the
+    ``ema`` of the weights) is updated after every step. A trailing batch of one image is dropped:
+    BatchNorm cannot train on it. ``on_step(batches_done, loss, lr)`` (a monitor) gets each batch's
     detached loss tensor, still on the device: reading it is the monitor's
     choice, so no batch waits for the device here. Under DDP (``group`` of N processes) each
     process trains its slice of every global batch, and the losses and accuracies are all of them.
@@ -126,21 +130,24 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
     data_loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
+    picks = order.split(sizes)  # each batch's images (positions in ``data``)
     for step, (x, y) in enumerate(data.batches(order, sizes), 1):
         if augmenter is not None:
-            x = augmenter(x)
+            x = augmenter(x, picks[step - 1], epoch)
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
-            data_loss = F.cross_entropy(logits.float(), y)
+            data_loss, objective = _losses(logits.float(), y, p.label_smoothing)
         # DDP averages gradients over processes: weighting each slice's mean by its share of the
         # global batch makes that the gradient of the global batch's mean
-        share = data_loss * weights[step - 1] if group.world > 1 else data_loss
+        share = objective * weights[step - 1] if group.world > 1 else objective
         loss = share + p.l1 * l1_penalty(model) if p.l1 > 0 else share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(model.module if group.world > 1 else model)
         if on_step is not None:
             on_step(step, data_loss.detach(), optimizer.param_groups[0]["lr"])
         if schedule is not None:
@@ -152,6 +159,18 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
         loss_total, correct_total, seen_total = group.total(data_loss_sum, correct, seen)
         return loss_total / seen_total, correct_total / seen_total
     return data_loss_sum.item() / seen, correct.item() / seen
+
+
+def _losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy with the true class (nats per image), and the loss to train on: the same, or
+    with ``smoothing`` the label-smoothed cross-entropy (1 - s) x that + s x the mean over classes of
+    -log p, i.e. torch's ``cross_entropy(label_smoothing=s)``, from one log-softmax."""
+    if smoothing == 0:
+        loss = F.cross_entropy(logits, y)
+        return loss, loss
+    log_p = F.log_softmax(logits, dim=1)
+    true_class = F.nll_loss(log_p, y)
+    return true_class, (1 - smoothing) * true_class - smoothing * log_p.mean(1).mean()
 
 
 @torch.inference_mode()
@@ -257,13 +276,13 @@ def _step_hook(
     return None
 
 
-def _validate(model: nn.Module, valid: BatchSource, group: Group) -> tuple[float, float, torch.Tensor]:
-    """Valid loss, accuracy and predicted classes; under DDP each process evaluates its share
-    (``valid`` is then that share) and the sums are all-reduced, so every process gets the same."""
+def _validate(core: nn.Module, valid: BatchSource, group: Group) -> tuple[float, float, torch.Tensor]:
+    """Valid loss, accuracy and predicted classes of ``core`` (the weights, not their DDP wrapper);
+    under DDP each process evaluates its share (``valid`` is then that share) and the sums are
+    all-reduced, so every process gets the same."""
     if group.world == 1:
-        checked = evaluate(model, valid)
+        checked = evaluate(core, valid)
         return checked.loss, checked.accuracy, checked.predicted
-    core = model.module
     group.share_buffers(core)
     checked = evaluate(core, valid)
     loss_sum, correct, seen = group.total(checked.loss * len(valid), checked.accuracy * len(valid), len(valid))
@@ -294,16 +313,21 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
         valid = valid.subset(group.shard(len(valid)))
     to_training_layout(model)
     generator = torch.Generator().manual_seed(seed)
-    augmenter = Augmenter(p, seed + RANK_SEED_STEP * group.rank) if p.augment else None  # own crops per process
+    augmenter = Augmenter(p, seed + RANK_SEED_STEP * group.rank, len(train), seed) if p.augment else None  # own
+    # crops per process; alternating flips are the same per image in every process
     optimizer = make_optimizer(model, p)
     steps = max(1, -(-len(train) // p.batch_size))  # batches per epoch
     schedule = Schedule(optimizer, p, steps)
+    average = moving_average(core, p.ema) if p.ema > 0 else None
+    judged = core if average is None else average.module  # the weights validated, kept and saved
     result = FitResult()
     if resume is not None:
         mine = (lambda key: resume[key][group.rank]) if group.world > 1 else resume.__getitem__
         core.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
+        if average is not None:
+            average.load_state_dict(resume["average"])
         generator.set_state(resume["generator"])
         if augmenter is not None:
             augmenter.load_state_dict(mine("augmenter"))
@@ -315,15 +339,16 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(model, train, optimizer, p, generator, schedule, augmenter,
-                                                _step_hook(monitor, tags, epoch - 1, steps), group)
-        valid_loss, valid_acc, predicted = _validate(model, valid, group)
+                                                _step_hook(monitor, tags, epoch - 1, steps), group, epoch,
+                                                average)
+        valid_loss, valid_acc, predicted = _validate(judged, valid, group)
         if monitor.wants_predictions:
             monitor.on_predictions({**tags, "epoch": epoch}, labels, predicted)
         schedule.after_epoch(valid_loss)
         row = {**tags, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": valid_loss, "valid_acc": valid_acc, "lr": lr,
                "seconds": time.perf_counter() - started}
-        result.add_epoch(row, core, p)
+        result.add_epoch(row, judged, p)
         monitor.on_epoch_end(row)
         if checkpoint is not None:
             own = {"augmenter": None if augmenter is None else augmenter.state_dict(), "rng": _rng_state(device)}
@@ -331,8 +356,18 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
                 own = {key: [state[key] for state in group.gather(own)] for key in own}
             checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                        "average": None if average is None else average.state_dict(),
                         **own, "result": dataclasses.asdict(result)})
     if p.patience > 0:  # early stopping restores the best weights, whether or not it stopped
         core.load_state_dict(result.best_state)
         result.restored_best = True
+    elif average is not None:
+        core.load_state_dict(average.module.state_dict())
     return result
+
+
+def moving_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers (BatchNorm's statistics):
+    after each step, average = decay x average + (1 - decay) x weights; the first step copies them.
+    torch's ``AveragedModel``: its copy of the model is what ``fit`` validates and keeps."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
