@@ -19,7 +19,7 @@ def _parameter_groups(model: nn.Module, p: Params) -> list[torch.nn.Parameter] |
     if p.bn_lr_factor == 1:
         return params
     norms = {id(t) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for t in m.parameters(recurse=False)}
+             for t in m.parameters()}
     return [{"params": [t for t in params if id(t) not in norms]},
             {"params": [t for t in params if id(t) in norms], "lr": p.lr * p.bn_lr_factor}]
 
