@@ -653,3 +653,24 @@ def test_with_ema_fit_validates_and_keeps_the_average_and_trains_the_weights_as_
     for key, value in averaged[2][-1]["average"].items():
         if key.startswith("module."):
             assert torch.equal(kept[key.removeprefix("module.")], value)  # the model ends with the average
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_the_losses_are_torchs_cross_entropy_to_the_bit_and_their_gradients_too(smoothing):
+    """Without smoothing, training takes torch's ``cross_entropy`` bit for bit (the committed
+    results are unchanged by the smoothing code); with it, torch's ``label_smoothing``."""
+    from foldwise.training.engine import _losses
+
+    logits = torch.randn(37, 10, generator=torch.Generator().manual_seed(0)) * 3
+    y = torch.randint(0, 10, (37,), generator=torch.Generator().manual_seed(1))
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    true_class, objective = _losses(ours, y, smoothing)
+    reference = F.cross_entropy(theirs, y, label_smoothing=smoothing)
+    objective.backward()
+    reference.backward()
+    assert torch.equal(true_class, F.cross_entropy(logits, y))
+    if smoothing == 0:
+        assert torch.equal(objective, reference) and torch.equal(ours.grad, theirs.grad)
+    else:
+        torch.testing.assert_close(objective, reference)
+        torch.testing.assert_close(ours.grad, theirs.grad)
