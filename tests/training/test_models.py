@@ -26,8 +26,8 @@ def test_every_model_trains_on_every_shape(name, shape):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(KeyError, match="unknown model 'vgg99'.*valid: softmax, mlp, lenet, resnet18.*"
-                                       "or any torchvision classification model"):
+    with pytest.raises(KeyError, match="unknown model 'vgg99'.*valid: softmax, mlp, lenet, resnet8, resnet20, "
+                                       "resnet18.*or any torchvision classification model"):
         build_model((1, 28, 28), 10, dataclasses.replace(Params(), model="vgg99"))
 
 
@@ -170,3 +170,36 @@ def test_one_register_line_makes_a_model_buildable_by_name_and_a_second_one_is_r
         build_model((1, 4, 4), 3, dataclasses.replace(p, pretrained=True))
     with pytest.raises(ValueError, match="registered twice"):
         models.register(build_tiny)
+
+
+@pytest.mark.parametrize("name, blocks, weights", [("resnet8", 1, 77_754), ("resnet20", 3, 272_186)])
+def test_small_resnets_have_6n_plus_2_layers_three_stages_and_scale_with_width(name, blocks, weights):
+    """He et al.'s CIFAR ResNets: 6n + 2 weighted layers (a 3x3 convolution, 3 stages of n blocks of
+    two, the classifier; 1x1 shortcuts where the shape changes), 16/32/64 channels, 28 -> 14 -> 7."""
+    p = dataclasses.replace(Params(), model=name)
+    model = build_model((1, 28, 28), 10, p)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    main = [m for m in convs if m.kernel_size == (3, 3)]
+    assert len(main) + 1 == 6 * blocks + 2 and len(convs) - len(main) == 2  # two 1x1 shortcuts
+    assert sum(t.numel() for t in model.parameters()) == weights
+    assert sorted({m.out_channels for m in main}) == [16, 32, 64]
+    stages = {}
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(lambda m, i, o: stages.setdefault(m.out_channels, set()).add(o.shape[-1]))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert stages == {16: {28}, 32: {14}, 64: {7}}
+    half = build_model((1, 28, 28), 10, dataclasses.replace(p, width=0.5, dropout=0.2))
+    assert sorted({m.out_channels for m in half.modules() if isinstance(m, nn.Conv2d)}) == [8, 16, 32]
+    assert any(isinstance(m, nn.Dropout) for m in half.modules())
+
+
+def test_a_residual_block_adds_its_input_through_the_shortcut():
+    from foldwise.training.models import BasicBlock
+
+    same, down = BasicBlock(4, 4, 1).eval(), BasicBlock(4, 8, 2).eval()
+    for block in (same, down):
+        nn.init.zeros_(block.body[-1].weight)  # the body's last BatchNorm scales it to nothing
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(same(x), torch.relu(x))
+    assert torch.equal(down(x), torch.relu(down.shortcut(x))) and down(x).shape == (2, 8, 3, 3)

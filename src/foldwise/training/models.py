@@ -115,6 +115,52 @@ def build_lenet(shape: Shape, num_classes: int, p: Params) -> nn.Module:
     )
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm, added to the input (through a 1x1 convolution where the
+    stride or the channels change): He et al.'s residual block."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def _small_resnet(shape: Shape, num_classes: int, p: Params, blocks: int) -> nn.Module:
+    """He et al.'s ResNet for small images (6 x ``blocks`` + 2 layers): a 3x3 convolution, three
+    stages of ``blocks`` residual blocks at 16, 32 and 64 channels x ``width`` (the second and third
+    halve the image), global average pooling, dropout when ``dropout`` > 0, and the classifier.
+    BatchNorm always: ``batchnorm`` applies to mlp and lenet."""
+    widths = [_scaled(x, p) for x in (16, 32, 64)]
+    layers: list[nn.Module] = [nn.Conv2d(shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                               nn.ReLU()]
+    cin = widths[0]
+    for stage, cout in enumerate(widths):
+        for block in range(blocks):
+            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
+            cin = cout
+    drop = [nn.Dropout(p.dropout)] if p.dropout > 0 else []
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *drop, nn.Linear(cin, num_classes))
+
+
+@register
+def build_resnet8(shape: Shape, num_classes: int, p: Params) -> nn.Module:
+    """ResNet-8 for small images (one block per stage; 78K weights on 28x28 grey)."""
+    return _small_resnet(shape, num_classes, p, 1)
+
+
+@register
+def build_resnet20(shape: Shape, num_classes: int, p: Params) -> nn.Module:
+    """ResNet-20 for small images (three blocks per stage; 272K weights on 28x28 grey), as in He et
+    al.'s CIFAR-10 experiments."""
+    return _small_resnet(shape, num_classes, p, 3)
+
+
 class Upsample(nn.Module):
     """Enlarges images smaller than an architecture's minimum (AlexNet needs 63x63, VGG 32x32)."""
 
@@ -193,7 +239,8 @@ def build_torchvision(name: str, shape: Shape, num_classes: int, p: Params) -> n
 
     if p.width != 1:
         raise ValueError(f"width: {p.width} cannot apply to {name}, a fixed torchvision architecture; "
-                         f"width changes mlp and lenet only (pick a smaller architecture instead)")
+                         f"width changes mlp, lenet, resnet8 and resnet20 only (pick a smaller architecture "
+                         f"instead)")
     extra = {"aux_logits": False, "transform_input": False, "init_weights": True} \
         if name in ("googlenet", "inception_v3") else {}
     if name == "inception_v3":
