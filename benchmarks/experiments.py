@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pipeline import dvc_env, set_params  # noqa: E402
 from run import machine  # noqa: E402
 
+from foldwise.core.dvc_queue import queue_workers  # noqa: E402
 from foldwise.training.engine import choose_device  # noqa: E402
 
 TRAINING = ("crossval", "train", "evaluate", "export", "plots", "report")
@@ -117,6 +118,8 @@ def queue_wall(repo: Path, env: dict[str, str], lrs: tuple[float, float]) -> tup
     started = time.perf_counter()
     sh(repo, env, "dvc", "queue", "start", "-j", "2", daemon=True)
     while True:
+        while queue_workers(repo):  # each `dvc queue status` costs 2-4 s of a core the workers need
+            time.sleep(0.2)
         status = sh(repo, env, "dvc", "queue", "status")
         if not re.search(r"\b(Running|Queued)\b", status):
             break

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from foldwise.core.dvc_queue import queue_workers
 from foldwise.reporting.plot_data import MAX_PREDICTION_ROWS
 from tests.e2e.conftest import copy_project
 from tests.e2e.test_live import ARTIFACTS, CHROMIUM_FLAGS, colour_pixels, net, screenshot  # noqa: F401
@@ -149,19 +150,6 @@ def test_exp_show_is_readable(digits):
     assert "seconds" not in flat and "per_class" not in flat and "provenance" not in flat
     table = run(digits, "dvc", "exp", "show", "--only-changed", "--drop", "variants\\..*_std", "--csv").stdout
     assert "valid_acc_std" not in table and "test.accuracy" in table.splitlines()[0]
-
-
-def queue_workers(repo: Path) -> list[int]:
-    """The processes of DVC's queue workers (`dvc exp queue-worker`) started in ``repo``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"queue-worker" in (proc / "cmdline").read_bytes() \
-                    and Path(os.readlink(proc / "cwd")) == repo:
-                found.append(int(proc.name))
-        except OSError:  # gone meanwhile
-            continue
-    return found
 
 
 def wait_for_queue(repo: Path, timeout: float = 900) -> str:

@@ -6,5 +6,6 @@
 - ``cli``: a stage's ``main`` run with one-line user errors;
 - ``progress``: progress bars on a terminal, silence in logs;
 - ``npm``: pinned, checksummed browser assets from the npm registry;
-- ``remote``: ``foldwise pull`` / ``push``, outputs and the run-cache shared through a DVC remote.
+- ``remote``: ``foldwise pull`` / ``push``, outputs and the run-cache shared through a DVC remote;
+- ``dvc_queue``: the processes of DVC's experiment queue workers, found without asking DVC.
 """
