@@ -2,6 +2,7 @@
 
 Usage (from the repo root, after `make run` or `make test` installed .venv):
     .venv/bin/python benchmarks/experiments.py [--quick] [--out benchmarks/experiments.md]
+    .venv/bin/python benchmarks/experiments.py --queue-only [--out benchmarks/queue.md]
 
 In a temporary clone of the committed HEAD (empty DVC cache), one after the other:
 1. `make run`'s `dvc repro`: every stage runs; then `git status` must be clean
@@ -14,6 +15,11 @@ In a temporary clone of the committed HEAD (empty DVC cache), one after the othe
    against two of the same cost queued (`dvc exp run --queue -S lr=E,F`,
    `dvc queue start -j 2`), measured side by side in this run.
 
+``--queue-only``: in a fresh clone whose data stages ran, two experiments queued and run by
+`dvc queue start -j 2`, then (DVC's run-cache emptied, so nothing is restored) the same two
+experiments one after the other with `dvc exp run`: wall times side by side, and each experiment's
+metrics must be the same both ways, byte for byte.
+
 ``--quick`` is the test suite's smoke run, to keep the script working in seconds: step 1 on
 scikit-learn's digits for the data stages only (download to normalize), and the table (every stage,
 the forced re-run, the return from the run-cache and the queue have tests of their own in
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,19 +142,25 @@ def queue_wall(repo: Path, env: dict[str, str], lrs: tuple[float, float]) -> tup
     return seconds, names
 
 
+def fresh_clone(tmp: Path, env: dict[str, str]) -> Path:
+    """A clone of the committed HEAD in ``tmp``, as a user's (with what make adds), ``env`` pointed at it."""
+    repo = tmp / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    env["PYTHONPATH"] = str(repo / "src")
+    sh(repo, env, "git", "config", "user.name", "foldwise benchmark")
+    sh(repo, env, "git", "config", "user.email", "benchmark@foldwise.invalid")
+    template = ROOT / ".foldwise/plots/offline.html"  # what make adds: the offline plots page template
+    (repo / ".foldwise/plots").mkdir(parents=True)
+    (repo / ".foldwise/plots/offline.html").write_bytes(template.read_bytes())
+    return repo
+
+
 def measure(quick: bool) -> dict:
     env = dvc_env()
     env.setdefault("FOLDWISE_DEVICE", "cpu")
     figures: dict = {"quick": quick}
     with tempfile.TemporaryDirectory(prefix="foldwise-exp-bench-") as tmp:
-        repo = Path(tmp) / "clone"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
-        env["PYTHONPATH"] = str(repo / "src")
-        sh(repo, env, "git", "config", "user.name", "foldwise benchmark")
-        sh(repo, env, "git", "config", "user.email", "benchmark@foldwise.invalid")
-        template = ROOT / ".foldwise/plots/offline.html"  # what make adds: the offline plots page template
-        (repo / ".foldwise/plots").mkdir(parents=True)
-        (repo / ".foldwise/plots/offline.html").write_bytes(template.read_bytes())
+        repo = fresh_clone(Path(tmp), env)
         if quick:
             set_params(repo / "params.yaml", QUICK)
         committed_lr = float(re.search(r"^lr: (\S+)", (repo / "params.yaml").read_text(), re.M).group(1))
@@ -178,6 +191,54 @@ def measure(quick: bool) -> dict:
         figures["experiments"] = sum(len(b.get("experiments") or []) for b in shown)
         figures["metric_leaves"] = leaves(shown[0]["data"]["metrics"])
     return figures
+
+
+QUEUE_HEADER = ("# Queued experiments against the same ones one after the other\n\nWritten by `.venv/bin/python "
+                "benchmarks/experiments.py --queue-only --out benchmarks/queue.md` (see the script's docstring): "
+                "the default pipeline, crossval to report, in a fresh clone. Ratios are measured side by side in "
+                "one run; absolute seconds drift with the VM.\n")
+METRICS = ("reports/metrics.json", "reports/cv.json", "reports/train.json")
+
+
+def queue_only() -> dict:
+    """Two experiments (lr 0.004 and 0.016) queued with two workers, then one after the other: seconds and
+    whether every metric matched."""
+    env = dvc_env()
+    env.setdefault("FOLDWISE_DEVICE", "cpu")
+    lrs = LRS["sequential"]
+    with tempfile.TemporaryDirectory(prefix="foldwise-queue-bench-") as tmp:
+        repo = fresh_clone(Path(tmp), env)
+        sh(repo, env, "dvc", "repro", *DATA)
+        queued, names = queue_wall(repo, env, lrs)
+        chose = sorted({line for name in names for line in re.findall(
+            r"^crossval: .*$", sh(repo, env, "dvc", "queue", "logs", name), re.M)})
+        by_lr = {}
+        for name in names:
+            sh(repo, env, "dvc", "exp", "apply", name)
+            lr = float(re.search(r"^lr: (\S+)", (repo / "params.yaml").read_text(), re.M).group(1))
+            by_lr[lr] = {m: (repo / m).read_text() for m in METRICS}
+            sh(repo, env, "git", "checkout", "--", ".")
+        shutil.rmtree(repo / ".dvc" / "cache" / "runs")  # nothing restored: every training stage runs again
+        sequential, same = [], True
+        for lr in lrs:
+            seconds, _ = timed(repo, env, "dvc", "exp", "run", "-S", f"lr={lr}")
+            sequential.append(seconds)
+            same &= by_lr[lr] == {m: (repo / m).read_text() for m in METRICS}
+            sh(repo, env, "git", "checkout", "--", ".")
+    return {"queued": queued, "sequential": sequential, "same": same, "lrs": lrs, "chose": chose}
+
+
+def queue_markdown(f: dict) -> str:
+    seq = sum(f["sequential"])
+    return "\n".join([
+        "| step | seconds |", "|---|---:|",
+        f"| two experiments queued, `dvc queue start -j 2` (lr {f['lrs'][0]}, {f['lrs'][1]}) | {f['queued']:.1f} |",
+        f"| the same two one after the other, `dvc exp run` | {seq:.1f} ({f['sequential'][0]:.1f} + "
+        f"{f['sequential'][1]:.1f}) |", "",
+        f"- Queued with two workers vs one after the other: **{f['queued'] / seq:.2f}x** the wall time.",
+        f"- Every metric of each experiment ({', '.join(METRICS)}) the same both ways, byte for byte: "
+        f"**{'yes' if f['same'] else 'NO'}**.",
+        f"- What crossval's CPU rule chose in the queued experiments: {'; '.join(f'`{c}`' for c in f['chose'])}."])
 
 
 def leaves(data) -> int:
@@ -220,8 +281,18 @@ def markdown(f: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits and tiny params: checks the script only")
+    parser.add_argument("--queue-only", action="store_true", help="queued vs one after the other, nothing else")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = parser.parse_args()
+    if args.queue_only:
+        figures = queue_only()
+        text = queue_markdown(figures)
+        print(text)
+        if args.out:
+            args.out.write_text(f"{QUEUE_HEADER}\nMachine: {machine(choose_device())}.\n\n{text}\n")
+        if not figures["same"]:
+            raise SystemExit("the queued experiments' metrics differ from the same experiments run one after the other")
+        return
     figures = measure(args.quick)
     text = markdown(figures)
     print(text)

@@ -2,7 +2,10 @@
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+import torch
 
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json, write_text
@@ -13,7 +16,7 @@ from foldwise.live.monitors import monitor_from_env
 from foldwise.reporting.cvstats import cv_table, explain_choice, headline
 from foldwise.training.crossval import run_crossval
 from foldwise.training.engine import choose_device
-from foldwise.training.fanout import fanout_from_env, open_train
+from foldwise.training.fanout import fanout_from_env
 from foldwise.training.model_files import save_fold_models
 from foldwise.training.resume import for_stage
 
@@ -33,13 +36,18 @@ def main() -> None:
     args = parse_stage_args(parser, outputs=("history", "folds", "metrics", "summary", "table", "fold_models"))
     p = load_params()
     stats = json.loads(Path(args.stats).read_text())
-    with fanout_from_env() as fanout:  # None unless FOLDWISE_RAY is set: then the runs are Ray tasks
+    torch.set_num_threads(p.threads)  # every run's, wherever it trains: the results depend on it
+    device = choose_device()
+    # None: one run at a time in this process; else local processes side by side, or Ray tasks
+    with fanout_from_env(p, device) as fanout:
         if fanout is None:
-            device = choose_device()
             train = open_split(args.prepared, "train", stats, device, p.memory_budget_mb)
             device_type, where = device.type, str(device)
         else:
-            train, device_type, where = open_train(args.prepared, stats, p), fanout.device_type, fanout.describe()
+            train = fanout.open_train(args.prepared, stats, p)
+            device_type, where = fanout.device_type, fanout.describe()
+        print(f"crossval: {where if fanout else f'{device}, one run at a time, {p.threads} torch threads'}",
+              file=sys.stderr)
         classes = read_classes(args.prepared)
         checkpoints = for_stage("crossval", p.to_dict(), device_type,
                                 [Path(args.prepared) / "manifest.csv", args.stats])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from foldwise.core.cli import parse_stage_args, run_stage
 from foldwise.core.outputs import write_csv, write_json
@@ -35,6 +36,7 @@ def main() -> None:
     p = load_params()
     if p.train_processes > 1 and not launched():  # DDP: this script again, under torchrun
         sys.exit(relaunch(p.train_processes, sys.argv))
+    torch.set_num_threads(p.threads)  # the results depend on it
     variant, source, reason = resolve_variant(p, json.loads(Path(args.cv).read_text()))
     stats = json.loads(Path(args.stats).read_text())
     group, device = join(p.train_processes, choose_device())

@@ -309,7 +309,7 @@ class LastFirst:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def run(self, data, num_classes, p, folds, pending, resume):
+    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False):
         from foldwise.training.crossval import train_run
 
         self.calls.append((data, num_classes, p, folds, list(pending), dict(resume)))
@@ -341,3 +341,42 @@ def test_a_fan_out_finishing_last_first_gives_the_tables_and_the_monitors_order_
     assert [(r["variant"], r["fold"], r["epoch"]) for r in there.rows] == [
         (r["variant"], r["fold"], r["epoch"]) for r in here.rows]
     assert [(r["variant"], r["fold"]) for r in there.folds] == [(r["variant"], r["fold"]) for r in here.folds]
+
+
+class SideBySide:
+    """A ``crossval.Fanout`` that trains two runs at once, as two processes do: their epochs end
+    alternately, the later run's first, and the later run finishes first. ``seen`` is how many rows the
+    monitor held right after each epoch was passed on."""
+
+    def __init__(self, monitor) -> None:
+        self.monitor, self.seen = monitor, []
+
+    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False):
+        from foldwise.training.crossval import train_run
+
+        for first, second in zip(pending[::2], pending[1::2]):
+            a, b = (train_run(data, num_classes, p, spec, folds[spec.fold]) for spec in (first, second))
+            for row_a, row_b in zip(a[1], b[1]):
+                for spec, row in ((second, row_b), (first, row_a)):
+                    live(spec, "epoch", row)
+                    self.seen.append((spec.index, row["epoch"], len(self.monitor.rows)))
+            yield second, *b
+            yield first, *a
+
+
+def test_epochs_of_runs_side_by_side_reach_the_monitor_live_in_the_order_of_one_process(
+        tiny_set, tiny_stats, tiny_params):
+    """The first unreported run's epochs are passed on as they end; a later run's wait for its turn, then
+    come at once, then live; no epoch twice."""
+    p = dataclasses.replace(tiny_params, compare=("baseline", "l2"), epochs=3)
+    data = Preloaded(to_inputs(tiny_set.images, tiny_stats, torch.device("cpu")), tiny_set.labels)
+    here, there = Recorder(), Recorder()
+    run_crossval(data, 3, p, monitor=here)
+    fanout = SideBySide(there)
+    run_crossval(data, 3, p, monitor=there, fanout=fanout)
+    assert there.kinds == here.kinds == (["epoch"] * 3 + ["fold"]) * 4
+    assert [(r["variant"], r["fold"], r["epoch"]) for r in there.rows] == [
+        (r["variant"], r["fold"], r["epoch"]) for r in here.rows]
+    # run 1's epochs wait while run 0 goes; run 0's arrive live; run 2's come live once run 1 is reported
+    assert fanout.seen == [(1, 1, 0), (0, 1, 1), (1, 2, 1), (0, 2, 2), (1, 3, 2), (0, 3, 3),
+                           (3, 1, 6), (2, 1, 7), (3, 2, 7), (2, 2, 8), (3, 3, 8), (2, 3, 9)]

@@ -92,6 +92,7 @@ class Params:
     compare: tuple[str, ...] = ()  # variant names or "a+b"; (): all
     variant: str = "auto"
     train_processes: int = 1  # processes, >= 1
+    threads: int = 1  # torch threads per training run (CPU), >= 1
     # the fold ensemble, test-time augmentation, calibration
     fold_models: str = "chosen"  # chosen, all or none
     ensemble: bool | str = "auto"  # true, false or auto
@@ -265,6 +266,8 @@ def _check_ranges(p: Params, where: str = "") -> None:
             raise bad(key, "a float must be a fraction in (0, 1); use an integer for a count")
         if isinstance(size, int) and size < 1:
             raise bad(key, "an integer must be a count of images >= 1")
+    if p.threads < 1:
+        raise bad("threads", "expected torch threads per training run, >= 1 (1 = a core each: runs go side by side)")
     if p.train_processes < 1:
         raise bad("train_processes", "expected 1 (one process) or more (DDP under torchrun)")
     if p.k_folds < 2:

@@ -10,6 +10,7 @@ reference variant (``baseline``) with a p-value.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -75,11 +76,19 @@ RunResult = tuple[dict[str, Any], list[dict[str, Any]], Weights | None]  # folds
 Finished = Iterator[tuple[RunSpec, dict[str, Any], list[dict[str, Any]], Weights | None]]
 
 
+# What a run reports as it trains, for the live view: ("epoch", its history row) as each epoch ends, and
+# with steps asked for, ("step", (tags, epoch in fractions, loss, lr)) after each batch
+LiveHook = Callable[[RunSpec, str, Any], None]
+
+
 class Fanout(Protocol):
-    """Runs crossval's pending runs elsewhere (``training.fanout.RayFanout``), yielding each as it finishes."""
+    """Runs crossval's pending runs elsewhere (``training.fanout``: local processes or Ray), yielding each as
+    it finishes; one that can also passes what each run reports as it trains to ``live`` (steps too, when
+    ``steps``)."""
 
     def run(self, data: Any, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
-            pending: list[RunSpec], resume: dict[int, dict[str, Any]]) -> Finished: ...
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]],
+            live: LiveHook | None = None, steps: bool = False) -> Finished: ...
 
 
 def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
@@ -168,6 +177,28 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
             resume[spec.index] = saved
         pending.append(spec)
     reported = 0
+    arrived: dict[int, list[tuple[str, Any]]] = {}  # what fanned-out runs still going reported, by run index
+    fed: dict[int, int] = {}  # how many of a fanned-out run's epochs ``monitor`` has seen
+    run_tags: dict[int, dict[str, Any]] = {}  # one tags dict per run, as fit passes (a new one: a new trace)
+
+    def feed_arrived() -> None:
+        """Feed ``monitor`` what arrived of the run whose turn it is (the first unreported), in order; later
+        runs' waits for their turn. A resumed run's earlier epochs come at its end, so its live part too."""
+        for kind, item in arrived.pop(reported, []):
+            if monitor is None:
+                continue
+            done = fed.get(reported, 0)
+            if kind == "epoch" and item["epoch"] == done + 1:
+                monitor.on_epoch_end(item)
+                fed[reported] = done + 1
+            elif kind == "step" and math.ceil(item[1]) == done + 1:  # in (done, done + 1]: this epoch's
+                tags, epoch, loss, lr = item
+                monitor.on_step(run_tags.setdefault(reported, tags), epoch, torch.tensor(loss), lr)
+
+    def on_live(spec: RunSpec, kind: str, item: Any) -> None:
+        if spec.index >= reported:
+            arrived.setdefault(spec.index, []).append((kind, item))
+            feed_arrived()
 
     def report() -> None:
         """Feed ``monitor`` every run finished since the last call that all runs before it have joined."""
@@ -178,13 +209,16 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
                 if reported in resumed:
                     monitor.on_resume(history)
                 elif fanout is not None:  # in this process, fit fed the epochs as they ended
-                    for epoch in history:
+                    for epoch in history[fed.pop(reported, 0):]:
                         monitor.on_epoch_end(epoch)
                 monitor.on_fold_end(row)
+            arrived.pop(reported, None)
             reported += 1
+            feed_arrived()
 
     report()
-    finished = (fanout.run(data, num_classes, p, folds, pending, resume) if fanout is not None else
+    steps = monitor is not None and monitor.wants_steps
+    finished = (fanout.run(data, num_classes, p, folds, pending, resume, on_live, steps) if fanout is not None else
                 _in_process(data, num_classes, p, folds, pending, resume, monitor, checkpoints))
     for spec, row, history, weights in finished:
         if checkpoints:

@@ -1,27 +1,38 @@
-"""Crossval's (variant, fold) runs as Ray tasks: on this machine's cores and GPUs, or on a cluster.
+"""Crossval's (variant, fold) runs side by side: in local processes, or as Ray tasks on this machine's
+cores and GPUs or on a cluster.
 
-Switched on by ``FOLDWISE_RAY`` (an environment variable, like ``FOLDWISE_DEVICE``: where the runs
+**Local processes** (``LocalFanout``) are the default on a CPU: each run trains in one of
+``FOLDWISE_PARALLEL_RUNS`` worker processes with ``threads`` (a param) torch threads, so where and
+how many side by side changes no result. ``auto`` (default) = the CPUs this process may use divided
+by ``threads`` and by the queued experiments DVC is running now in this repo (``dvc queue start -j
+2``: each gets half), at most what fits ``memory_budget_mb`` (each process holds the train split)
+and the runs to do; 1 = one after another in the stage's process. On a GPU, auto is 1.
+
+**Ray** is switched on by ``FOLDWISE_RAY`` (an environment variable, like ``FOLDWISE_DEVICE``: where the runs
 go changes no result, so it must not invalidate DVC's cache): ``off`` (default) trains the runs one
 after another in the stage's process; ``local`` starts Ray on this machine for the stage; anything
 else is the address of a running cluster (``auto``, ``10.0.0.5:6379``, ``ray://head:10001``), which
 several stages (queued experiments) share, Ray giving each run its own CPUs and GPUs.
 
-Each run is one task asking for ``FOLDWISE_RAY_CPUS`` CPUs (default 1; also its torch threads) and
+Each run is one task asking for ``FOLDWISE_RAY_CPUS`` CPUs (default 1; it trains with ``threads``) and
 ``FOLDWISE_RAY_GPUS`` GPUs (default 1 on a cluster with GPUs, else 0; 0.25 = four runs per GPU),
 and Ray sets ``CUDA_VISIBLE_DEVICES`` for it. The split travels once, as uint8 arrays, through Ray's
 object store; every task normalises it on its device with the arithmetic of the sequential path and
-trains its run with ``crossval.train_run``, so with the same thread count the results are the
+trains its run with ``crossval.train_run`` on ``threads`` torch threads, so the results are the
 sequential ones, bit for bit. Ray is an optional extra (``pip install -e '.[ray]'``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import socket
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from foldwise.core.dvc_queue import running_experiments
 from foldwise.core.errors import UserError
 from foldwise.core.params import Params
 from foldwise.data.batches import SplitArrays, open_arrays
-from foldwise.training.crossval import Finished, RunResult, RunSpec, train_run
+from foldwise.training.callbacks import Monitor
+from foldwise.training.crossval import Finished, LiveHook, RunResult, RunSpec, train_run
 from foldwise.training.engine import choose_device
 
 RAY_ENV, CPUS_ENV, GPUS_ENV = "FOLDWISE_RAY", "FOLDWISE_RAY_CPUS", "FOLDWISE_RAY_GPUS"
+PARALLEL_ENV = "FOLDWISE_PARALLEL_RUNS"
+LIVE_POLL_SECONDS = 0.2  # how often the stage's process passes on what its workers' runs reported
 OFF = ("", "off", "0", "false", "no")
 CONNECT_SECONDS = 5.0  # how long a cluster's address may take to answer
 
@@ -45,12 +60,8 @@ class RaySettings:
     """Where the runs go (``local`` or a cluster's address) and what each asks Ray for."""
 
     address: str
-    cpus: float = 1.0  # per run; its torch threads are the whole part (at least 1)
+    cpus: float = 1.0  # per run (its torch threads are the param threads)
     gpus: float | None = None  # per run; None = 1 where the cluster has GPUs, else 0
-
-    @property
-    def threads(self) -> int:
-        return max(1, int(self.cpus))
 
 
 def _number(environ: dict[str, str], name: str, default: str, valid: str) -> float:
@@ -177,22 +188,27 @@ class RayFanout:
     def device_type(self) -> str:
         return "cuda" if self.gpus > 0 else "cpu"
 
+    def open_train(self, prepared_dir: str | Path, stats: dict[str, Any], p: Params) -> SplitArrays:
+        """The train split as the arrays every task gets (``open_train``)."""
+        return open_train(prepared_dir, stats, p)
+
     def describe(self) -> str:
         have = self._ray.cluster_resources()
         return (f"ray ({len(self._ray.nodes())} nodes, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; "
                 f"{self.settings.cpus:g} CPU and {self.gpus:g} GPU per run)")
 
     def run(self, data: SplitArrays, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
-            pending: list[RunSpec], resume: dict[int, dict[str, Any]]) -> Finished:
-        """Submit every pending run at once; yield each as it finishes. Runs still going when the
-        caller stops (an error, Ctrl-C) are cancelled."""
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]], live: LiveHook | None = None,
+            steps: bool = False) -> Finished:
+        """Submit every pending run at once; yield each as it finishes (its epochs come with it; nothing
+        reaches ``live``). Runs still going when the caller stops (an error, Ctrl-C) are cancelled."""
         ray = self._ray
         if not pending:
             return
         split = ray.put(data)  # once: every task reads the same object
         task = ray.remote(train_task).options(num_cpus=self.settings.cpus, num_gpus=self.gpus, max_retries=0)
         futures = {task.remote(split, num_classes, p, spec, folds[spec.fold], resume.get(spec.index),
-                               self.settings.threads, self.gpus): spec for spec in pending}
+                               p.threads, self.gpus): spec for spec in pending}
         try:
             while futures:
                 ready, _ = ray.wait(list(futures), num_returns=1)
@@ -221,7 +237,7 @@ def _get(ray: Any, future: Any) -> Any:
 
 
 def open_train(prepared_dir: str | Path, stats: dict[str, Any], p: Params) -> SplitArrays:
-    """The train split as the arrays every run gets; refused when, preloaded, it exceeds
+    """The train split as the arrays every Ray run gets; refused when, preloaded, it exceeds
     ``memory_budget_mb`` (each run holds all of it on its device; nothing streams from the files,
     which a cluster's other machines do not have)."""
     split = open_arrays(prepared_dir, "train", stats)
@@ -232,12 +248,144 @@ def open_train(prepared_dir: str | Path, stats: dict[str, Any], p: Params) -> Sp
     return split
 
 
+def parallel_runs(p: Params, device: torch.device, environ: dict[str, str] | None = None,
+                  cpus: int | None = None, experiments: int | None = None) -> int:
+    """How many runs train side by side: ``FOLDWISE_PARALLEL_RUNS``, or for ``auto`` the CPUs this process
+    may use (``cpus``) over ``threads`` x the queued experiments running in this repo (``experiments``);
+    1 on a GPU."""
+    environ = dict(os.environ if environ is None else environ)
+    text = environ.get(PARALLEL_ENV, "").strip().lower() or "auto"
+    if text != "auto":
+        if not text.isdigit() or int(text) < 1:
+            raise UserError(f"{PARALLEL_ENV}={text!r} is not valid; use auto (the CPUs over threads and over the "
+                            f"queued experiments running) or a whole number of runs >= 1 (1 = one at a time)")
+        return int(text)
+    if device.type != "cpu":
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    experiments = running_experiments() if experiments is None else experiments
+    return max(1, cpus // (p.threads * max(1, experiments)))
+
+
+_WORKER: dict[str, Any] = {}  # in a LocalFanout worker: the split, preloaded once, and the live view's queue
+
+
+def _start_worker(split: SplitArrays, threads: int, live: Any) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["data"], _WORKER["live"] = split.to_source(torch.device("cpu")), live
+
+
+class _Live(Monitor):
+    """Sends what the run reports as it trains (each epoch's row; each step's loss, when ``wants_steps``) to the
+    stage's process, for its live view."""
+
+    def __init__(self, index: int, steps: bool) -> None:
+        self.index, self.wants_steps = index, steps
+
+    def on_step(self, tags: dict[str, Any], epoch: float, loss: torch.Tensor, lr: float) -> None:
+        _WORKER["live"].put((self.index, "step", (tags, epoch, loss.item(), lr)))
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        _WORKER["live"].put((self.index, "epoch", row))
+
+
+def _local_task(num_classes: int, p: Params, spec: RunSpec, fold: tuple[np.ndarray, np.ndarray],
+                saved: dict[str, Any] | None, steps: bool) -> tuple[RunResult, int]:
+    """One run in a LocalFanout worker process, and that process's id."""
+    return train_run(_WORKER["data"], num_classes, p, spec, fold, _Live(spec.index, steps), saved=saved), os.getpid()
+
+
+class LocalFanout:
+    """A ``crossval.Fanout`` onto ``processes`` worker processes of this machine, each training one run at
+    a time with ``threads`` torch threads; a context manager that stops them.
+
+    Workers fork from a server process that has imported torch once (``forkserver``), and each gets
+    the split once. ``pids`` collects, per finished run's name, the process that trained it.
+    """
+
+    device_type = "cpu"
+
+    def __init__(self, processes: int, threads: int) -> None:
+        self.processes, self.threads = processes, threads
+        self.pids: dict[str, int] = {}
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalFanout:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            workers = list(getattr(self._pool, "_processes", {}).values())  # pragma: no mutate (clean-up only)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:  # runs still training after an error or Ctrl-C stop now
+                worker.kill()
+                worker.join()
+            self._pool = None
+
+    def describe(self) -> str:
+        return f"cpu, {self.processes} runs side by side in local processes, {self.threads} torch threads each"
+
+    def open_train(self, prepared_dir: str | Path, stats: dict[str, Any], p: Params) -> SplitArrays:
+        """The train split as the arrays each worker preloads; fewer workers where ``memory_budget_mb``
+        holds fewer copies of it (at least one: the single-process path preloads it too, or streams)."""
+        split = open_arrays(prepared_dir, "train", stats)
+        fits = int(p.memory_budget_mb // max(split.float_mb, 1e-9))
+        if fits < self.processes:
+            print(f"{PARALLEL_ENV}: {self.processes} runs side by side would hold {self.processes} copies of the "
+                  f"train split ({split.float_mb:.0f} MB each), more than memory_budget_mb={p.memory_budget_mb}; "
+                  f"running {max(1, fits)}", file=sys.stderr)
+            self.processes = max(1, fits)
+        return split
+
+    def run(self, data: SplitArrays, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]], live: LiveHook | None = None,
+            steps: bool = False) -> Finished:
+        """Start every pending run; pass what each reports as it trains to ``live`` (steps only if ``steps``)
+        and yield each run as it finishes (an error in one stops them all)."""
+        if not pending:
+            return
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["foldwise.training.crossval"])
+        reports = context.SimpleQueue()  # written straight to a pipe: a run's reports precede its result
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(self.processes, len(pending)), mp_context=context,
+            initializer=_start_worker, initargs=(data, self.threads, reports))
+        futures = {self._pool.submit(_local_task, num_classes, p, spec, folds[spec.fold],
+                                     resume.get(spec.index), steps): spec for spec in pending}
+        by_index = {spec.index: spec for spec in pending}
+        going = set(futures)
+        while going:
+            done, going = concurrent.futures.wait(going, timeout=LIVE_POLL_SECONDS,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+            while not reports.empty():
+                index, kind, item = reports.get()
+                if live is not None:
+                    live(by_index[index], kind, item)
+            for future in sorted(done, key=lambda f: futures[f].index):
+                spec = futures[future]
+                try:
+                    result, pid = future.result()
+                except BrokenProcessPool:
+                    raise RuntimeError(f"{spec.variant} fold {spec.fold}: a worker process died (killed, or out of "
+                                       f"memory?); set {PARALLEL_ENV}=1 to train the runs one at a time in the "
+                                       f"stage's process") from None
+                self.pids[spec.name] = pid
+                yield spec, *result
+
+
 @contextlib.contextmanager
-def fanout_from_env() -> Iterator[RayFanout | None]:
-    """The connected ``RayFanout`` that ``FOLDWISE_RAY`` asks for, or None (runs stay in this process)."""
+def fanout_from_env(p: Params, device: torch.device) -> Iterator[RayFanout | LocalFanout | None]:
+    """Where crossval's runs go: the connected ``RayFanout`` that ``FOLDWISE_RAY`` asks for, a
+    ``LocalFanout`` when more than one run trains side by side here, or None (one at a time in this
+    process)."""
     settings = ray_from_env()
-    if settings is None:
+    if settings is not None:
+        with RayFanout(settings) as fanout:
+            yield fanout
+        return
+    processes = parallel_runs(p, device)
+    if processes == 1:
         yield None
         return
-    with RayFanout(settings) as fanout:
+    with LocalFanout(processes, p.threads) as fanout:
         yield fanout
