@@ -74,6 +74,11 @@ OTHER_BENCHMARKS = [
     "The other benchmark commands write their own reports:", "",
     "- `.venv/bin/python benchmarks/experiments.py --out benchmarks/experiments.md`: DVC's experiment "
     "workflow (a fresh clone reproducing the committed results, the run-cache, the queue), about an hour;",
+    "- `.venv/bin/python benchmarks/frontier.py --out benchmarks/frontier.md`: test accuracy against the "
+    "seconds of whole pipelines (recipes, model sizes, today's default and the textbook LeNet-5), with the "
+    "frontier plot, [frontier.md](frontier.md), about an hour;",
+    "- `.venv/bin/python benchmarks/experiments.py --queue-only --out benchmarks/queue.md`: two queued "
+    "experiments (`dvc queue start -j 2`) against the same two one after the other, [queue.md](queue.md);",
     "- `.venv/bin/python -m benchmarks.planted_bugs`: planted bugs the suite must catch, "
     "[planted_bugs.md](planted_bugs.md);",
     "- `.venv/bin/python benchmarks/scale_out.py --out benchmarks/scale_out.md`: crossval in one process vs on "

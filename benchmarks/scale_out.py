@@ -76,6 +76,7 @@ def identical(a, b) -> bool:
 def measure(prepared: Path, quick: bool) -> dict:
     p, stats, classes = cv_inputs(prepared, quick)
     threads = torch.get_num_threads()
+    p = dataclasses.replace(p, threads=threads)  # each Ray run's torch threads: those of the one process
     arrays = open_arrays(prepared, "train", stats)
     rows = []
     started = time.perf_counter()

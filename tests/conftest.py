@@ -96,9 +96,10 @@ BOTH_SIDES = {"tests/training/test_fanout.py": {"foldwise.training.fanout"},
 SLOWEST_FIRST = {"tests/e2e/test_pipeline.py": 226, "tests/e2e/test_experiments.py": 197,
                  "tests/e2e/test_sharing.py": 165, "tests/e2e/test_datasets.py": 125,
                  "tests/e2e/test_predict.py": 113, "tests/e2e/test_scale_out.py": 88, "tests/e2e/test_live.py": 72,
-                 "tests/training/test_fanout.py": 66, "tests/e2e/test_benchmarks.py": 54,
+                 "tests/training/test_fanout.py": 66, "tests/e2e/test_benchmarks.py": 145,
                  "tests/training/test_ddp.py": 49, "tests/inference/test_export.py": 48,
-                 "tests/training/test_fanout_cluster.py": 38, "tests/training/test_models.py": 29}
+                 "tests/training/test_fanout_cluster.py": 38, "tests/training/test_fanout_local.py": 30,
+                 "tests/training/test_models.py": 29}
 
 
 def slowest_first(items: list) -> list:

@@ -66,17 +66,18 @@ def test_readme_iterating_times_are_benchmarks_experiments_md():
     assert minutes == round(experiments_row("fresh clone, `dvc repro` in all (git status clean after it)") / 60)
 
 
-def test_docs_iterating_queue_figures_are_benchmarks_experiments_md():
+def test_docs_iterating_queue_figures_are_benchmarks_queue_md():
     queued, sequential, ratio = one(r"two default experiments took ([\d,]+) s queued with two workers\s+"
-                                    r"against ([\d,]+) s one after the other \(([\d.]+)x slower",
+                                    r"against ([\d,]+) s one after the other \(([\d.]+)x the time",
                                     "docs/iterating.md").groups()
-    assert int(queued.replace(",", "")) == round(experiments_row(
-        "two of the same cost queued, `dvc queue start -j 2` (lr 0.005, 0.02)"))
-    table = one(r"^\| two experiments one after the other \(lr 0\.004, 0\.016\) \| ([\d.]+) ",
-                "benchmarks/experiments.md")
+    table = one(r"^\| two experiments queued, `dvc queue start -j 2` \(lr 0\.004, 0\.016\) \| ([\d.]+) \|$",
+                "benchmarks/queue.md")
+    assert int(queued.replace(",", "")) == round(float(table[1]))
+    table = one(r"^\| the same two one after the other, `dvc exp run` \| ([\d.]+) ", "benchmarks/queue.md")
     assert int(sequential.replace(",", "")) == round(float(table[1]))
-    measured = one(r"two workers vs one after the other: \*\*([\d.]+)x", "benchmarks/experiments.md")[1]
-    assert ratio == f"{float(measured):.1f}"
+    measured = one(r"two workers vs one after the other: \*\*([\d.]+)x", "benchmarks/queue.md")[1]
+    assert ratio == measured
+    assert "byte for byte: **yes**" in text("benchmarks/queue.md")
 
 
 def test_docs_iterating_counts_the_committed_metric_values():

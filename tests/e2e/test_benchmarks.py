@@ -112,3 +112,26 @@ def test_quick_experiments_benchmark_checks_reuse_and_writes_its_table(tmp_path)
     assert "- `--quick`: the fresh clone's repro of the data stages only" in text
     leaves = int(re.search(r"`dvc exp show --json`: (\d+) metric values", text).group(1))
     assert 0 < leaves <= 20
+
+
+def test_quick_frontier_benchmark_writes_its_table_and_plot(tmp_path):
+    """benchmarks/frontier.py --quick: each row a real `dvc exp run` in a fresh clone (digits, 1 epoch)."""
+    from frontier import QUICK_ROWS
+
+    out = tmp_path / "frontier.md"
+    subprocess.run([sys.executable, "benchmarks/frontier.py", "--quick", "--out", str(out)], cwd=ROOT,
+                   env={**dvc_env(), "FOLDWISE_DEVICE": "cpu"}, check=True, timeout=900, capture_output=True)
+    text = out.read_text()
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]*) \| "
+                      r"([\d.]+) \| ([\d.]*) \|$", text, re.M)
+    assert [r[0] for r in rows] == [name for name, _ in QUICK_ROWS]
+    assert float(rows[0][2]) == 1.0 and all(float(r[2]) > 0 for r in rows)  # ratios to the first row
+    for name, seconds, ratio, single, single_tta, ensemble, ensemble_tta in rows:
+        assert abs(float(ratio) - float(seconds) / float(rows[0][1])) < 0.01
+        assert 0 < float(single) <= 1 and 0 < float(ensemble) <= 1
+        assert bool(single_tta) == bool(ensemble_tta) == ("tta" in dict(QUICK_ROWS)[name] and
+                                                           dict(QUICK_ROWS)[name]["tta"] is True)
+    assert re.search(r"^Best ensemble accuracy within today's default's time \(ratio <= 1\.00\): \*\*.+\*\*: "
+                     r"single 0\.\d{4}, ensemble 0\.\d{4}, [\d.]+x the time\.$", text, re.M)
+    assert "![The frontier](frontier.png)" in text
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
