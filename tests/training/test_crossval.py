@@ -309,7 +309,7 @@ class LastFirst:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False):
+    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False, checkpoints=None):
         from foldwise.training.crossval import train_run
 
         self.calls.append((data, num_classes, p, folds, list(pending), dict(resume)))
@@ -351,7 +351,7 @@ class SideBySide:
     def __init__(self, monitor) -> None:
         self.monitor, self.seen = monitor, []
 
-    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False):
+    def run(self, data, num_classes, p, folds, pending, resume, live=None, steps=False, checkpoints=None):
         from foldwise.training.crossval import train_run
 
         for first, second in zip(pending[::2], pending[1::2]):

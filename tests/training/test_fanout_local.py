@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 
 import pytest
@@ -147,3 +148,35 @@ def test_fewer_runs_side_by_side_where_the_memory_budget_holds_fewer_copies(tmp_
     assert capsys.readouterr().err == (
         "FOLDWISE_PARALLEL_RUNS: 2 runs side by side would hold 2 copies of the train split (2 MB each), more "
         "than memory_budget_mb=3; running 1\n")
+
+
+class StopAtEpoch(Order):
+    """Stops crossval (as Ctrl-C would) when the first run's ``epoch`` reaches the stage's process."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, row):
+        super().on_epoch_end(row)
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_checkpoint_every_epoch_and_resume_to_the_same_result(tmp_path, tiny_set, tiny_stats,
+                                                                                 tiny_params, capsys):
+    from foldwise.training.resume import Checkpoints
+
+    p = dataclasses.replace(tiny_params, epochs=6, compare=("baseline", "dropout"))
+    whole = sequential(tiny_set, tiny_stats, p)
+    with LocalFanout(2, p.threads) as fanout, pytest.raises(KeyboardInterrupt):
+        run_crossval(arrays(tiny_set, tiny_stats), 3, p, StopAtEpoch(2), Checkpoints("crossval", "k", tmp_path),
+                     fanout=fanout)
+    capsys.readouterr()
+    with LocalFanout(2, p.threads) as fanout:
+        resumed = run_crossval(arrays(tiny_set, tiny_stats), 3, p, Order(), Checkpoints("crossval", "k", tmp_path),
+                               fanout=fanout)
+    # the first run had checkpointed at least its first epoch when it was stopped, in its worker
+    assert re.search(r"^resuming baseline fold 0 after epoch [1-6]$", capsys.readouterr().err, re.M)
+    assert_same(whole, resumed)

@@ -84,11 +84,11 @@ LiveHook = Callable[[RunSpec, str, Any], None]
 class Fanout(Protocol):
     """Runs crossval's pending runs elsewhere (``training.fanout``: local processes or Ray), yielding each as
     it finishes; one that can also passes what each run reports as it trains to ``live`` (steps too, when
-    ``steps``)."""
+    ``steps``), and checkpoints each run after every epoch in ``checkpoints``."""
 
     def run(self, data: Any, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
-            pending: list[RunSpec], resume: dict[int, dict[str, Any]],
-            live: LiveHook | None = None, steps: bool = False) -> Finished: ...
+            pending: list[RunSpec], resume: dict[int, dict[str, Any]], live: LiveHook | None = None,
+            steps: bool = False, checkpoints: Checkpoints | None = None) -> Finished: ...
 
 
 def train_run(data: BatchSource, num_classes: int, p: Params, spec: RunSpec,
@@ -218,7 +218,8 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
 
     report()
     steps = monitor is not None and monitor.wants_steps
-    finished = (fanout.run(data, num_classes, p, folds, pending, resume, on_live, steps) if fanout is not None else
+    finished = (fanout.run(data, num_classes, p, folds, pending, resume, on_live, steps, checkpoints)
+                if fanout is not None else
                 _in_process(data, num_classes, p, folds, pending, resume, monitor, checkpoints))
     for spec, row, history, weights in finished:
         if checkpoints:

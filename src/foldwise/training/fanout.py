@@ -47,6 +47,7 @@ from foldwise.data.batches import SplitArrays, open_arrays
 from foldwise.training.callbacks import Monitor
 from foldwise.training.crossval import Finished, LiveHook, RunResult, RunSpec, train_run
 from foldwise.training.engine import choose_device
+from foldwise.training.resume import Checkpoints
 
 RAY_ENV, CPUS_ENV, GPUS_ENV = "FOLDWISE_RAY", "FOLDWISE_RAY_CPUS", "FOLDWISE_RAY_GPUS"
 PARALLEL_ENV = "FOLDWISE_PARALLEL_RUNS"
@@ -199,9 +200,10 @@ class RayFanout:
 
     def run(self, data: SplitArrays, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
             pending: list[RunSpec], resume: dict[int, dict[str, Any]], live: LiveHook | None = None,
-            steps: bool = False) -> Finished:
+            steps: bool = False, checkpoints: Checkpoints | None = None) -> Finished:
         """Submit every pending run at once; yield each as it finishes (its epochs come with it; nothing
-        reaches ``live``). Runs still going when the caller stops (an error, Ctrl-C) are cancelled."""
+        reaches ``live``, nor ``checkpoints``: a run is checkpointed as it returns). Runs still going when
+        the caller stops (an error, Ctrl-C) are cancelled."""
         ray = self._ray
         if not pending:
             return
@@ -290,9 +292,10 @@ class _Live(Monitor):
 
 
 def _local_task(num_classes: int, p: Params, spec: RunSpec, fold: tuple[np.ndarray, np.ndarray],
-                saved: dict[str, Any] | None, steps: bool) -> tuple[RunResult, int]:
-    """One run in a LocalFanout worker process, and that process's id."""
-    return train_run(_WORKER["data"], num_classes, p, spec, fold, _Live(spec.index, steps), saved=saved), os.getpid()
+                saved: dict[str, Any] | None, steps: bool, checkpoints: Checkpoints | None) -> tuple[RunResult, int]:
+    """One run in a LocalFanout worker process, checkpointed after every epoch, and that process's id."""
+    save = (lambda state: checkpoints.save(spec.name, state)) if checkpoints else None
+    return train_run(_WORKER["data"], num_classes, p, spec, fold, _Live(spec.index, steps), saved, save), os.getpid()
 
 
 class LocalFanout:
@@ -339,9 +342,10 @@ class LocalFanout:
 
     def run(self, data: SplitArrays, num_classes: int, p: Params, folds: list[tuple[np.ndarray, np.ndarray]],
             pending: list[RunSpec], resume: dict[int, dict[str, Any]], live: LiveHook | None = None,
-            steps: bool = False) -> Finished:
-        """Start every pending run; pass what each reports as it trains to ``live`` (steps only if ``steps``)
-        and yield each run as it finishes (an error in one stops them all)."""
+            steps: bool = False, checkpoints: Checkpoints | None = None) -> Finished:
+        """Start every pending run; pass what each reports as it trains to ``live`` (steps only if ``steps``),
+        checkpoint each after every epoch (as the stage's process does) and yield each run as it finishes
+        (an error in one stops them all)."""
         if not pending:
             return
         context = multiprocessing.get_context("forkserver")
@@ -351,7 +355,7 @@ class LocalFanout:
             max_workers=min(self.processes, len(pending)), mp_context=context,
             initializer=_start_worker, initargs=(data, self.threads, reports))
         futures = {self._pool.submit(_local_task, num_classes, p, spec, folds[spec.fold],
-                                     resume.get(spec.index), steps): spec for spec in pending}
+                                     resume.get(spec.index), steps, checkpoints): spec for spec in pending}
         by_index = {spec.index: spec for spec in pending}
         going = set(futures)
         while going:
