@@ -11,9 +11,10 @@ params.yaml says; params.yaml's default is one of the rows.
 
 The report: each row's seconds (and its crossval and train stages'), its ratio to today's default
 (the first row: the recipe and the CPU use before runs went side by side), and the test accuracy of
-the single final model and of the fold ensemble (each also with test-time flips, where the row asks for them); the frontier (rows no other
-row beats on both time and ensemble accuracy) as a table and a plot (frontier.png). ``--quick`` (the
-test suite): scikit-learn's digits, 1 epoch, 2 folds, two rows; its figures mean nothing.
+the single final model and of the fold ensemble (each also with test-time flips, where the row asks
+for them); the frontier (rows no other row beats on both time and ensemble accuracy) as a table and
+a plot (frontier.png). ``--quick`` (the test suite): scikit-learn's digits, 1 epoch, 2 folds, two
+rows; its figures mean nothing.
 """
 
 from __future__ import annotations
