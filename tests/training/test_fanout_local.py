@@ -109,7 +109,7 @@ def test_the_workers_train_with_the_threads_param_whatever_the_stage_uses(tiny_s
 
 
 class KillWorker(Order):
-    """Kills the worker that trained the first finished run, as the OOM killer would."""
+    """Kills every worker once the first run is reported, as the OOM killer would."""
 
     def __init__(self, fanout: LocalFanout):
         super().__init__()
@@ -117,7 +117,7 @@ class KillWorker(Order):
 
     def on_fold_end(self, row):
         super().on_fold_end(row)
-        if len(self.events) and sum(e[0] == "fold" for e in self.events) == 1:
+        if sum(e[0] == "fold" for e in self.events) == 1:
             for pid in set(self.fanout.pids.values()):
                 os.kill(pid, signal.SIGKILL)
 
