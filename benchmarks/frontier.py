@@ -40,23 +40,29 @@ from foldwise.training.engine import choose_device  # noqa: E402
 # folds, one run at a time at 2 torch threads (the machine's cores, as before `threads` existed).
 TODAY = {"model": "lenet", "conv_channels": "[8,32]", "width": 1.0, "epochs": 5, "k_folds": 5,
          "compare": "[baseline,l2,dropout]", "augment": False, "augment_flip": "auto", "label_smoothing": 0.0,
-         "ema": 0.0, "bn_lr_factor": 1.0, "lr": 0.008, "batch_size": 256, "tta": False, "threads": 2}
+         "ema": 0.0, "bn_lr_factor": 1.0, "lr": 0.008, "batch_size": 256, "tta": False, "threads": 2,
+         "precision": "fp32"}
 TRICKS = {"augment": True, "augment_flip": "alternate", "label_smoothing": 0.1, "ema": 0.99, "bn_lr_factor": 4.0,
           "tta": True, "compare": "[baseline]", "threads": 1}
+BF16 = {"precision": "bf16"}
 ROWS: list[tuple[str, dict]] = [
     ("today's default (2 threads, one run at a time)", TODAY),
     ("today's recipe, runs side by side (threads 1)", {**TODAY, "threads": 1}),
     ("textbook LeNet-5: [6, 16], no BatchNorm", {**TODAY, "threads": 1, "conv_channels": "[6,16]",
                                                    "batchnorm": False}),
-    ("LeNet [8, 32], tricks, 12 epochs", {**TODAY, **TRICKS, "epochs": 12}),
-    ("LeNet [16, 64], tricks, 10 epochs", {**TODAY, **TRICKS, "conv_channels": "[16,64]", "epochs": 10}),
     ("LeNet [16, 64], tricks, 14 epochs, 4 folds", {**TODAY, **TRICKS, "conv_channels": "[16,64]", "epochs": 14,
                                                      "k_folds": 4}),
-    ("LeNet [32, 64], tricks, 8 epochs, 4 folds", {**TODAY, **TRICKS, "conv_channels": "[32,64]", "epochs": 8,
-                                                    "k_folds": 4}),
+    ("LeNet [16, 64], tricks, 14 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]",
+                                                               "epochs": 14, "k_folds": 4}),
+    ("LeNet [16, 64], tricks, 12 epochs, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]",
+                                                     "epochs": 12}),
+    ("LeNet [32, 64], tricks, 10 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[32,64]",
+                                                              "epochs": 10, "k_folds": 4}),
+    ("ResNet-8 (width 0.5), tricks, 6 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "model": "resnet8",
+                                                                   "width": 0.5, "epochs": 6, "k_folds": 4}),
 ]
 QUICK = {"dataset": "digits", "epochs": 1, "k_folds": 2}
-QUICK_ROWS = [ROWS[0], ("LeNet [16, 64], tricks", {**TODAY, **TRICKS, "conv_channels": "[16,64]"})]
+QUICK_ROWS = [ROWS[0], ("LeNet [16, 64], tricks, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]"})]
 HEADER = ("# Time to accuracy: whole pipelines\n\nWritten by `.venv/bin/python benchmarks/frontier.py --out "
           "benchmarks/frontier.md` (see its docstring): every row measured in this one run, one after the other, "
           "on the same machine. Seconds are `dvc exp run`'s wall time for crossval to report (the data stages, "

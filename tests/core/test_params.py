@@ -77,6 +77,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("epochs: 2.5\n", r"epochs: expected an integer"),
     ("batchnorm: 1\n", r"batchnorm: expected true or false"),
     ("optimizer: rmsprop\n", r"optimizer: 'rmsprop' is not one of sgd, adam, adamw"),
+    ("precision: fp16\n", r"precision: 'fp16' is not one of fp32, bf16"),
     ("dropout: 1.5\n", r"dropout: 1.5 is invalid; expected a probability"),
     ("valid_size: 1.5\n", r"valid_size: .*fraction in \(0, 1\)"),
     ("k_folds: 1\n", r"k_folds: .*at least 2 folds"),

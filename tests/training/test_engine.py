@@ -674,3 +674,26 @@ def test_the_losses_are_torchs_cross_entropy_to_the_bit_and_their_gradients_too(
     else:
         torch.testing.assert_close(objective, reference)
         torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def test_bf16_precision_trains_on_a_cpu_in_bfloat16_and_validates_in_float32(tiny_set, tiny_stats, tiny_params):
+    """``precision: bf16`` autocasts training's forward passes (the layers compute in bfloat16); validation
+    and predictions stay float32, as the exported model runs; the run learns and repeats; fp32 never casts."""
+    train, valid = train_valid(tiny_set, tiny_stats)
+    runs, seen = [], []
+    for precision in ("bf16", "bf16", "fp32"):
+        p = dataclasses.replace(tiny_params, model="lenet", batchnorm=True, epochs=4, precision=precision)
+        seed_everything(1)
+        model = build_model((1, 12, 12), 3, p)
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        dtypes: list[tuple[bool, torch.dtype]] = []
+        conv.register_forward_hook(lambda m, args, out, dtypes=dtypes: dtypes.append((m.training, out.dtype)))
+        runs.append(fit(model, train, valid, p, seed=1))
+        seen.append(dtypes)
+    bf16, again, fp32 = runs
+    assert {d for training, d in seen[0] if training} == {torch.bfloat16}
+    assert {d for training, d in seen[0] if not training} == {torch.float32}  # validation
+    assert {d for _, d in seen[2]} == {torch.float32}
+    assert [r["train_loss"] for r in bf16.history] == [r["train_loss"] for r in again.history]
+    assert [r["train_loss"] for r in bf16.history] != [r["train_loss"] for r in fp32.history]
+    assert bf16.history[-1]["valid_acc"] > 0.8

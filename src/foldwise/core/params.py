@@ -93,6 +93,7 @@ class Params:
     variant: str = "auto"
     train_processes: int = 1  # processes, >= 1
     threads: int = 1  # torch threads per training run (CPU), >= 1
+    precision: str = "fp32"  # CPU training's arithmetic: fp32 or bf16 (autocast)
     # the fold ensemble, test-time augmentation, calibration
     fold_models: str = "chosen"  # chosen, all or none
     ensemble: bool | str = "auto"  # true, false or auto
@@ -141,6 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "scheduler": ("none", "step", "plateau", "cosine", "onecycle"),
     "fold_models": ("chosen", "all", "none"),
+    "precision": ("fp32", "bf16"),
 }
 WORDS = {"augment_flip": ("auto", "alternate")}  # true | false | one of these; other such keys: auto
 LENGTHS = {"conv_channels": 2}  # list-valued keys with a fixed length
@@ -152,6 +154,7 @@ VARIANT_KEYS = (
     "dropout", "init", "augment", "augment_padding", "augment_flip", "optimizer", "lr",
     "momentum", "nesterov", "weight_decay", "l1", "label_smoothing", "bn_lr_factor", "ema", "scheduler", "step_size",
     "gamma", "plateau_patience", "warmup_epochs", "patience", "batch_size", "epochs",
+    "precision",
 )
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
 # Keys no DVC stage tracks: they change speed and memory, never results, so

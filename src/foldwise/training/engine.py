@@ -70,14 +70,19 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:  # pragma: no mutate block (CUDA only)
-    """bfloat16 autocast on CUDA GPUs that support it (no loss scaling needed); None = full float32.
+def autocast_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype | None:
+    """The autocast dtype of training's forward passes; None = full float32.
 
-    ``FOLDWISE_AMP=off`` turns it off. CPUs always train in float32.
+    CUDA: bfloat16 on GPUs that support it (no loss scaling needed) unless ``FOLDWISE_AMP=off``: GPU
+    runs do not repeat bit for bit anyway. CPU: the ``precision`` param, since it changes the results
+    (bf16: 1.9x the images per second of the [16, 64] LeNet on a CPU with AMX, 1 thread).
+    Evaluation and predictions always run in float32.
     """
-    if device.type != "cuda" or os.environ.get(AMP_ENV, "auto").lower() in ("off", "0", "false"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if precision == "bf16" else None
+    if device.type != "cuda" or os.environ.get(AMP_ENV, "auto").lower() in ("off", "0", "false"):  # pragma: no mutate
+        return None  # pragma: no mutate (CUDA only)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None  # pragma: no mutate (CUDA only)
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -125,7 +130,7 @@ def train_one_epoch(model: nn.Module, data: BatchSource, optimizer: torch.optim.
         weights = [len(s) * group.world / len(b) for s, b in zip(slices, globals_)]
         order, sizes = torch.cat(slices), [len(s) for s in slices]
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, p.precision)
     nhwc = _channels_last(model)
     data_loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -176,7 +181,7 @@ def predict(model: nn.Module, data: BatchSource) -> torch.Tensor:
     """Float32 logits for every image of ``data``, in stored order, in eval mode, in large batches."""
     model.eval()
     device = next(model.parameters()).device
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device)  # CPU: float32 whatever training used, as the exported model runs
     nhwc = _channels_last(model)
     out = []
     for x, _ in data.batches(None, EVAL_BATCH):
