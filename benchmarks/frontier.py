@@ -44,22 +44,22 @@ TODAY = {"model": "lenet", "conv_channels": "[8,32]", "width": 1.0, "epochs": 5,
          "precision": "fp32"}
 TRICKS = {"augment": True, "augment_flip": "alternate", "label_smoothing": 0.1, "ema": 0.99, "bn_lr_factor": 4.0,
           "tta": True, "compare": "[baseline]", "threads": 1}
+WIDE = {"conv_channels": "[16,64]", "k_folds": 4}
 BF16 = {"precision": "bf16"}
 ROWS: list[tuple[str, dict]] = [
     ("today's default (2 threads, one run at a time)", TODAY),
     ("today's recipe, runs side by side (threads 1)", {**TODAY, "threads": 1}),
     ("textbook LeNet-5: [6, 16], no BatchNorm", {**TODAY, "threads": 1, "conv_channels": "[6,16]",
                                                    "batchnorm": False}),
-    ("LeNet [16, 64], tricks, 14 epochs, 4 folds", {**TODAY, **TRICKS, "conv_channels": "[16,64]", "epochs": 14,
-                                                     "k_folds": 4}),
-    ("LeNet [16, 64], tricks, 14 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]",
-                                                               "epochs": 14, "k_folds": 4}),
-    ("LeNet [16, 64], tricks, 12 epochs, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]",
-                                                     "epochs": 12}),
-    ("LeNet [32, 64], tricks, 10 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[32,64]",
-                                                              "epochs": 10, "k_folds": 4}),
-    ("ResNet-8 (width 0.5), tricks, 6 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **BF16, "model": "resnet8",
-                                                                   "width": 0.5, "epochs": 6, "k_folds": 4}),
+    ("LeNet [16, 64], tricks, 11 epochs, 4 folds", {**TODAY, **TRICKS, **WIDE, "epochs": 11}),
+    ("LeNet [16, 64], tricks, 11 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **WIDE, **BF16, "epochs": 11}),
+    ("LeNet [16, 64], tricks, 11 epochs, 4 folds, bfloat16, 2 training processes",
+     {**TODAY, **TRICKS, **WIDE, **BF16, "epochs": 11, "train_processes": 2}),
+    ("LeNet [16, 64], tricks, 14 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **WIDE, **BF16, "epochs": 14}),
+    ("LeNet [32, 64], tricks, 8 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **WIDE, **BF16, "epochs": 8,
+                                                             "conv_channels": "[32,64]"}),
+    ("ResNet-8 (width 0.5), tricks, 5 epochs, 4 folds, bfloat16", {**TODAY, **TRICKS, **WIDE, **BF16, "epochs": 5,
+                                                                   "model": "resnet8", "width": 0.5}),
 ]
 QUICK = {"dataset": "digits", "epochs": 1, "k_folds": 2}
 QUICK_ROWS = [ROWS[0], ("LeNet [16, 64], tricks, bfloat16", {**TODAY, **TRICKS, **BF16, "conv_channels": "[16,64]"})]
