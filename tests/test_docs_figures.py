@@ -98,3 +98,31 @@ def test_every_benchmark_report_named_in_docs_exists():
                                                                for p in (ROOT / "docs").glob("*.md"))]
              for m in re.findall(r"benchmarks/[\w./-]+\.(?:md|py)", text(doc))}
     assert named and [n for n in sorted(named) if not (ROOT / n).is_file()] == []
+
+
+def frontier_rows() -> dict[str, list[str]]:
+    """benchmarks/frontier.md's table: each recipe's cells (seconds, ratio, crossval s, train s, single,
+    single + flips, ensemble, ensemble + flips)."""
+    rows = re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| (.*) \|$", text("benchmarks/frontier.md"), re.M)
+    return {name: [seconds, *(c.strip() for c in rest.split("|"))] for name, seconds, rest in rows}
+
+
+def test_docs_quote_the_frontier_as_benchmarks_frontier_md_measured_it():
+    rows = frontier_rows()
+    today = rows["today's default (2 threads, one run at a time)"]
+    side = rows["today's recipe, runs side by side (threads 1)"]
+    quoted = one(r"crossval took ([\d.]+) s side by side against ([\d.]+) s one at a time\s+at 2 threads\. A single "
+                 r"run loses, though: the final training took ([\d.]+) s at 1\s+thread against ([\d.]+) s at 2",
+                 "docs/scaling.md").groups()
+    assert quoted == (side[2], today[2], side[3], today[3])
+    fp32 = rows["LeNet [16, 64], tricks, 11 epochs, 4 folds"]
+    bf16 = rows["LeNet [16, 64], tricks, 11 epochs, 4 folds, bfloat16"]
+    quoted = one(r"crossval took ([\d.]+) s in\s+bfloat16 against ([\d.]+) s in float32", "docs/models.md").groups()
+    assert quoted == (bf16[2], fp32[2])
+    quoted = one(r"In float32, 11 epochs on 4 folds took ([\d.]+)x the default's time \(single model\s+with test-time "
+                 r"flips ([\d.]+), fold ensemble ([\d.]+)\)\. In bfloat16, .*? the same recipe took ([\d.]+)x the "
+                 r"default's time: single\s+([\d.]+), with flips ([\d.]+), ensemble ([\d.]+)\.",
+                 "docs/models.md").groups()
+    assert quoted == (fp32[1], fp32[5], fp32[6], bf16[1], bf16[4], bf16[5], bf16[6])
+    best = one(r"within today's default's time \(ratio <= 1\.00\): \*\*(.+?)\*\*", "benchmarks/frontier.md")[1]
+    assert best == "LeNet [16, 64], tricks, 11 epochs, 4 folds, bfloat16"  # the recipe docs/models.md gives
