@@ -61,7 +61,7 @@ from training import (  # noqa: E402
 )
 
 from foldwise.core.params import load_params  # noqa: E402
-from foldwise.training.engine import choose_device  # noqa: E402
+from foldwise.training.engine import choose_device, cpu_flags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.90, 0.91)
@@ -86,6 +86,9 @@ OTHER_BENCHMARKS = [
     "[scale_out.md](scale_out.md);",
     "- `.venv/bin/python benchmarks/predict.py --out benchmarks/predict.md`: `foldwise predict` and its model "
     "step (torch and ONNX) against evaluate's batch path, [predict.md](predict.md);",
+    "- `.venv/bin/python benchmarks/precision.py --out benchmarks/precision.md`: bfloat16 against float32 "
+    "training steps on this CPU and with oneDNN capped to CPUs without AMX or without bfloat16 instructions, "
+    "[precision.md](precision.md);",
     "- `.venv/bin/python benchmarks/sharing.py --out benchmarks/sharing.md`: a fresh clone's run with a "
     "populated DVC remote vs without, [sharing.md](sharing.md);",
     "- `make mutation`: mutation testing of the modules that decide results, [mutation.md](mutation.md);",
@@ -101,11 +104,16 @@ def machine(device: torch.device) -> str:
     """One line on the machine and versions, for the report's header."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
+    flags = cpu_flags() or set()  # what decides whether precision: bf16 pays (benchmarks/precision.md)
+    isa = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                                   ("avx2", "AVX2")) if flag in flags]
+    cpu += f" ({', '.join(isa)})" if isa else ""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ", no GPU used"
     dvc = subprocess.run([Path(sys.executable).parent / "dvc", "--version"], capture_output=True, text=True).stdout
+    threads = torch.get_num_threads()
     return (f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GB RAM{gpu}; device {device}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), DVC {dvc.strip()}, Python {platform.python_version()}; "
+            f"({threads} thread{'s' if threads != 1 else ''}), DVC {dvc.strip()}, Python {platform.python_version()}; "
             f"{datetime.date.today()}")
 
 

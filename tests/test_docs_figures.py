@@ -126,3 +126,15 @@ def test_docs_quote_the_frontier_as_benchmarks_frontier_md_measured_it():
     assert quoted == (fp32[1], fp32[5], fp32[6], bf16[1], bf16[4], bf16[5], bf16[6])
     best = one(r"within today's default's time \(ratio <= 1\.00\): \*\*(.+?)\*\*", "benchmarks/frontier.md")[1]
     assert best == "LeNet [16, 64], tricks, 11 epochs, 4 folds, bfloat16"  # the recipe docs/models.md gives
+
+
+def test_docs_quote_bfloat16s_speed_as_benchmarks_precision_md_measured_it():
+    """docs/models.md's ratios for the [16, 64] LeNet, one per instruction set, are precision.md's."""
+    rows = dict(re.findall(r"^\| (\w+): [^|]+ \| [^|]+ \| (?:yes|no) \| LeNet \[16, 64\] \| [\d,]+ \| [\d,]+ \| "
+                           r"([\d.]+)x \|$", text("benchmarks/precision.md"), re.M))
+    sentence = (r"bf16 ran at ([\d.]+)x fp32's images per second with AMX, ([\d.]+)x with bfloat16 instructions "
+                r"but no AMX \(as on AMD EPYC Zen 4\), ([\d.]+)x with AVX-512 alone and ([\d.]+)x with AVX2 alone")
+    quoted = one(sentence.replace(" ", r"\s+"), "docs/models.md").groups()  # any line breaks
+    assert quoted == (rows["native"], rows["AVX512_CORE_BF16"], rows["AVX512_CORE"], rows["AVX2"])
+    fp32 = frontier_rows()["LeNet [16, 64], tricks, 11 epochs, 4 folds"]
+    assert one(r"which already took ([\d.]+)x\s+the default's time", "docs/models.md")[1] == fp32[1]

@@ -135,3 +135,22 @@ def test_quick_frontier_benchmark_writes_its_table_and_plot(tmp_path):
                      r"single 0\.\d{4}, ensemble 0\.\d{4}, [\d.]+x the time\.$", text, re.M)
     assert "![The frontier](frontier.png)" in text
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_precision_benchmark_shows_bfloat16_losing_where_the_cpu_lacks_its_instructions(tmp_path):
+    """benchmarks/precision.py, reduced: with oneDNN capped to AVX2, torch keeps bfloat16 convolutions from
+    oneDNN and bf16 trains several times slower than fp32 (docs/models.md's reason for the fp32 default);
+    uncapped on a CPU with AMX, bf16 is the faster one."""
+    out = tmp_path / "precision.md"
+    subprocess.run([sys.executable, "benchmarks/precision.py", "--seconds", "0.3", "--rounds", "1", "--images", "1024",
+                    "--models", "default", "--isas", "native,AVX2", "--out", str(out)], cwd=ROOT, check=True,
+                   timeout=300, capture_output=True)
+    rows = re.findall(r"^\| (\w+): [^|]+ \| ([^|]+) \| (yes|no) \| LeNet \[8, 32\] [^|]+ \| ([\d,]+) \| ([\d,]+) \| "
+                      r"([\d.]+)x \|$", out.read_text(), re.M)
+    assert [r[0] for r in rows] == ["native", "AVX2"]
+    capped = rows[1]
+    assert capped[1] == "Intel AVX2" and capped[2] == "no" and float(capped[5]) < 0.5
+    for _, _, _, fp32, bf16, ratio in rows:
+        assert abs(float(ratio) - int(bf16.replace(",", "")) / int(fp32.replace(",", ""))) < 0.01
+    if "amx_bf16" in Path("/proc/cpuinfo").read_text():
+        assert rows[0][2] == "yes" and float(rows[0][5]) > 1.2

@@ -3,6 +3,7 @@ import dataclasses
 import math
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foldwise.data.batches import Preloaded
+from foldwise.training import engine
 from foldwise.training.augment import Augmenter
 from foldwise.training.callbacks import Monitor
 from foldwise.training.engine import FitResult, choose_device, evaluate, fit, predict, seed_everything, train_one_epoch
@@ -587,6 +589,8 @@ def test_batchnorm_parameters_learn_at_bn_lr_factor_times_lr_through_the_whole_s
         schedule.after_batch()
     assert peaks == pytest.approx([0.1, 0.3], rel=1e-6)  # one-cycle peaks at each group's own rate
     assert len(make_optimizer(model, dataclasses.replace(p, bn_lr_factor=1.0)).param_groups) == 1
+    plain = dataclasses.replace(p, batchnorm=False)  # no BatchNorm: no empty second group for the factor
+    assert len(make_optimizer(build_model((1, 12, 12), 3, plain), plain).param_groups) == 1
 
 
 @pytest.mark.parametrize("recipe", [{"augment_flip": "alternate", "label_smoothing": 0.1, "bn_lr_factor": 2.0},
@@ -697,3 +701,49 @@ def test_bf16_precision_trains_on_a_cpu_in_bfloat16_and_validates_in_float32(tin
     assert [r["train_loss"] for r in bf16.history] == [r["train_loss"] for r in again.history]
     assert [r["train_loss"] for r in bf16.history] != [r["train_loss"] for r in fp32.history]
     assert bf16.history[-1]["valid_acc"] > 0.8
+
+
+def test_bf16_is_called_slow_on_cpus_without_amx_or_with_onednn_capped_below_it():
+    """bfloat16 pays only with AMX (benchmarks/precision.md): without it, or with oneDNN capped below it, a
+    bf16 run gets a reason; fp32, CUDA and CPUs whose flags are unknown (not Linux x86) get none."""
+    cpu, amx = torch.device("cpu"), {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert engine.bf16_slow_reason(cpu, "bf16", amx, {}) is None
+    assert "no AMX" in engine.bf16_slow_reason(cpu, "bf16", amx - {"amx_bf16"}, {})
+    assert "no AMX" in engine.bf16_slow_reason(cpu, "bf16", {"avx2"}, {})
+    assert engine.bf16_slow_reason(cpu, "fp32", {"avx2"}, {}) is None
+    assert engine.bf16_slow_reason(cpu, "bf16", None, {}) is None
+    assert engine.bf16_slow_reason(torch.device("cuda"), "bf16", {"avx2"}, {}) is None
+    for cap in ("AVX2", "AVX512_CORE_BF16"):
+        assert engine.bf16_slow_reason(cpu, "bf16", amx, {"ONEDNN_MAX_CPU_ISA": cap}) == (
+            f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from AMX")
+    assert "DNNL_MAX_CPU_ISA=AVX2" in engine.bf16_slow_reason(cpu, "bf16", amx, {"DNNL_MAX_CPU_ISA": "AVX2"})
+    for cap in ("AVX512_CORE_AMX", "avx10_1_512_amx_fp16", "ALL", ""):
+        assert engine.bf16_slow_reason(cpu, "bf16", amx, {"ONEDNN_MAX_CPU_ISA": cap}) is None
+
+
+def test_cpu_flags_are_proc_cpuinfos():
+    info = Path("/proc/cpuinfo")
+    if not info.exists() or "flags" not in info.read_text():
+        pytest.skip("no x86 flags in /proc/cpuinfo here")
+    line = next(line for line in info.read_text().splitlines() if line.startswith("flags"))
+    assert engine.cpu_flags() == set(line.split(":", 1)[1].split()) and "fpu" in engine.cpu_flags()
+
+
+def test_fit_warns_once_per_process_when_bf16_will_train_slowly(tiny_set, tiny_stats, tiny_params, monkeypatch,
+                                                                 capsys):
+    """The warning names the reason and the way out, once however many runs the process trains; the run
+    itself goes on in bf16 (what the params ask for)."""
+    if engine.cpu_flags() is None:
+        pytest.skip("no x86 flags in /proc/cpuinfo here: the check stays silent")
+    monkeypatch.setattr(engine, "_warned", set())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # read by the check; oneDNN is already set up
+    train, valid = train_valid(tiny_set, tiny_stats)
+    errs = []
+    for precision in ("fp32", "bf16", "bf16"):
+        p = dataclasses.replace(tiny_params, model="lenet", epochs=1, precision=precision)
+        fit(build_model((1, 12, 12), 3, p), train, valid, p, seed=1)
+        errs.append(capsys.readouterr().err)
+    fp32, first, second = errs
+    assert "warning" not in fp32 and "warning" not in second
+    assert ("warning: precision: bf16 trains slower than fp32 on this machine: ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 "
+            "keeps oneDNN from AMX") in first and "-S precision=fp32" in first

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,15 +75,56 @@ def autocast_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype
     """The autocast dtype of training's forward passes; None = full float32.
 
     CUDA: bfloat16 on GPUs that support it (no loss scaling needed) unless ``FOLDWISE_AMP=off``: GPU
-    runs do not repeat bit for bit anyway. CPU: the ``precision`` param, since it changes the results
-    (bf16: 1.9x the images per second of the [16, 64] LeNet on a CPU with AMX, 1 thread).
-    Evaluation and predictions always run in float32.
+    runs do not repeat bit for bit anyway. CPU: the ``precision`` param, since it changes the results;
+    it pays only on CPUs with AMX (``bf16_slow_reason``). Evaluation and predictions always run in float32.
     """
     if device.type == "cpu":
         return torch.bfloat16 if precision == "bf16" else None
     if device.type != "cuda" or os.environ.get(AMP_ENV, "auto").lower() in ("off", "0", "false"):  # pragma: no mutate
         return None  # pragma: no mutate (CUDA only)
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else None  # pragma: no mutate (CUDA only)
+
+
+_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN's own settings: the instructions it may use
+_warned: set[str] = set()  # the warnings this process printed already
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags (Linux x86: /proc/cpuinfo's ``flags``); None where unknown."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            line = next((line for line in info if line.startswith("flags")), None)
+    except OSError:  # pragma: no mutate (not Linux)
+        return None  # pragma: no mutate (not Linux)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def bf16_slow_reason(device: torch.device, precision: str, flags: set[str] | None,
+                     env: dict[str, str] | None = None) -> str | None:
+    """Why bfloat16 training will be slower than float32 here, or None. It pays only on CPUs with
+    AMX: with bfloat16 dot products alone, with AVX-512 alone and with AVX2 it trains slower than
+    float32 (benchmarks/precision.md). ``flags``: ``cpu_flags()``; unknown flags (not Linux x86)
+    give None, as does a CUDA device. ``env``: where oneDNN's instruction cap is read (the process's)."""
+    if device.type != "cpu" or precision != "bf16" or flags is None:
+        return None
+    env = os.environ if env is None else env
+    cap = next((f"{key}={env[key]}" for key in _ISA_CAPS if env.get(key)), "")
+    if cap and "AMX" not in cap.upper() and not cap.upper().endswith("=ALL"):
+        return f"{cap} keeps oneDNN from AMX"
+    if "amx_bf16" not in flags:
+        return "this CPU has no AMX (no amx_bf16 in /proc/cpuinfo)"
+    return None
+
+
+def warn_if_bf16_is_slow(device: torch.device, precision: str) -> None:
+    """One stderr warning per process when ``precision: bf16`` will train slower than fp32 here: it
+    still runs, since the results are what the params ask for, only slower."""
+    reason = bf16_slow_reason(device, precision, cpu_flags())
+    if reason is None or reason in _warned:
+        return
+    _warned.add(reason)
+    print(f"warning: precision: bf16 trains slower than fp32 on this machine: {reason}. bfloat16 pays only on "
+          "CPUs with AMX (benchmarks/precision.md); for speed here, run with -S precision=fp32", file=sys.stderr)
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -314,6 +356,7 @@ def fit(model: nn.Module, train: BatchSource, valid: BatchSource, p: Params, see
     labels = valid.labels
     if group.world > 1:
         valid = valid.subset(group.shard(len(valid)))
+    warn_if_bf16_is_slow(device, p.precision)
     to_training_layout(model)
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(p, seed + RANK_SEED_STEP * group.rank, len(train), seed) if p.augment else None  # own
