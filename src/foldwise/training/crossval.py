@@ -182,8 +182,9 @@ def run_crossval(data: BatchSource, num_classes: int, p: Params, monitor: Monito
     run_tags: dict[int, dict[str, Any]] = {}  # one tags dict per run, as fit passes (a new one: a new trace)
 
     def feed_arrived() -> None:
-        """Feed ``monitor`` what arrived of the run whose turn it is (the first unreported), in order; later
-        runs' waits for their turn. A resumed run's earlier epochs come at its end, so its live part too."""
+        """Feed ``monitor`` what arrived of the run whose turn it is (the first unreported), in order; what
+        later runs sent waits for their turn. A resumed run's earlier epochs arrive at its end, so its live
+        part waits too."""
         for kind, item in arrived.pop(reported, []):
             if monitor is None:
                 continue

@@ -14,12 +14,14 @@ from foldwise.core.params import Params
 def _parameter_groups(model: nn.Module, p: Params) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
     """The parameters, or with ``bn_lr_factor`` != 1 two groups: BatchNorm's weights and biases at
     ``lr`` x that factor (a higher rate for them is one of the CIFAR-10 speed runs' tricks), the rest
-    at ``lr``."""
+    at ``lr``. A model without BatchNorm parameters keeps one group: the factor has nothing to act on."""
     params = list(model.parameters())
     if p.bn_lr_factor == 1:
         return params
     norms = {id(t) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              for t in m.parameters()}
+    if not norms:
+        return params
     return [{"params": [t for t in params if id(t) not in norms]},
             {"params": [t for t in params if id(t) in norms], "lr": p.lr * p.bn_lr_factor}]
 
