@@ -16,8 +16,8 @@ CPU's instruction set, in a fresh process each (``ONEDNN_MAX_CPU_ISA``, ``ATEN_C
 to show what the same code does on CPUs that lack them:
 
 - ``AVX512_CORE_BF16``: AVX-512 with bfloat16 dot products, no AMX (e.g. AMD EPYC Zen 4, Intel Xeon
-  3rd generation);
-- ``AVX512_CORE``: AVX-512 without bfloat16 instructions (Intel Xeon 1st-2nd generation);
+  Cooper Lake);
+- ``AVX512_CORE``: AVX-512 without bfloat16 instructions (Intel Xeon Skylake to Ice Lake);
 - ``AVX2``: no AVX-512 (most laptops, AMD EPYC before Zen 4).
 
 A cap cannot add instructions: on a CPU without AMX the native row is already one of the capped
