@@ -39,7 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import torch  # noqa: E402
 from run import machine  # noqa: E402
+
+from foldwise.core.params import load_params  # noqa: E402
+from foldwise.data.batches import Preloaded  # noqa: E402
+from foldwise.training.engine import to_training_layout, train_one_epoch  # noqa: E402
+from foldwise.training.models import build_model  # noqa: E402
+from foldwise.training.optim import make_optimizer  # noqa: E402
 
 MODELS = {  # name -> (label, overrides of params.yaml)
     "default": ("LeNet [8, 32] (params.yaml's model)", {"model": "lenet", "conv_channels": (8, 32)}),
@@ -55,15 +62,7 @@ ISAS = {  # ONEDNN_MAX_CPU_ISA -> (ATEN_CPU_CAPABILITY, what such a CPU is)
 
 
 def measure(models: list[str], seconds: float, rounds: int, images: int) -> dict:
-    """In this process: median images/s per model and precision, and the ISA oneDNN says it uses."""
-    import torch
-
-    from foldwise.core.params import load_params
-    from foldwise.data.batches import Preloaded
-    from foldwise.training.engine import to_training_layout, train_one_epoch
-    from foldwise.training.models import build_model
-    from foldwise.training.optim import make_optimizer
-
+    """In this process (started under its instruction-set cap): median images/s per model and precision."""
     torch.set_num_threads(1)
     base = load_params(ROOT / "params.yaml")
     gen = torch.Generator().manual_seed(0)
@@ -121,8 +120,6 @@ def child(isa: str, models: list[str], seconds: float, rounds: int, images: int)
 
 def markdown(results: dict[str, dict], models: list[str], seconds: float, rounds: int, minutes: float) -> str:
     """The report: one row per instruction-set cap and model."""
-    import torch
-
     torch.set_num_threads(1)  # the machine line names the threads the measuring processes used
     lines = [
         "# bfloat16 against float32 training on CPUs",
